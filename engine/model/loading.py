@@ -1,0 +1,135 @@
+"""Finding and reading a checkpoint in the official layout, from a local folder or the Hub.
+
+The layout (as released): config.json, generation_config.json, model.safetensors (or shards with
+model.safetensors.index.json), vocab.json + merges.txt, and speech_tokenizer/{config.json, model.safetensors,
+preprocessor_config.json}. Every missing piece is reported by name, before any weight is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from engine.model.config import Qwen3TTSConfig, SpeechTokenizerConfig
+
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "speech_tokenizer/*"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing files, a wrong model type, or a Hub id that cannot be fetched."""
+
+
+@dataclass
+class CheckpointFiles:
+    root: Path
+    config: Qwen3TTSConfig
+    generation_config: dict
+    weights: list[Path]
+    speech_tokenizer_config: SpeechTokenizerConfig
+    speech_tokenizer_weights: list[Path]
+
+    @property
+    def has_text_vocab(self) -> bool:
+        return (self.root / "vocab.json").is_file() and (self.root / "merges.txt").is_file()
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as is; otherwise a Hub model id, downloaded (or taken from the Hub cache when offline)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file; a checkpoint is a folder holding config.json")
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"no checkpoint folder at {name!r}, and it is not a Hub model id (owner/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+    except LocalEntryNotFoundError as exc:
+        raise CheckpointError(
+            f"cannot download {name!r} from the Hub: no network connection, and it is not in the local Hub cache. "
+            "Download it on a connected machine or pass a local checkpoint folder."
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise CheckpointError(f"the Hub refused {name!r}: {exc}") from exc
+
+
+def _weight_files(folder: Path, what: str) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{what}: shard(s) listed in {index.name} are missing: {', '.join(missing)}")
+        return [folder / s for s in shards]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{what}: no model.safetensors (or model.safetensors.index.json) in {folder}")
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise CheckpointError(f"{what}: missing {path.name} in {path.parent}")
+    return path
+
+
+def find_checkpoint(name_or_path: str | os.PathLike) -> CheckpointFiles:
+    """Locate every file of a checkpoint and parse its configs; raises `CheckpointError` naming what is wrong."""
+    root = resolve_checkpoint(name_or_path)
+    what = f"checkpoint {root}"
+    try:
+        config = Qwen3TTSConfig.from_file(_require(root / "config.json", what))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{what}: config.json is not a Qwen3-TTS config: {exc}") from exc
+    if config.tokenizer_type != "qwen3_tts_tokenizer_12hz":
+        raise CheckpointError(f"{what}: tokenizer_type {config.tokenizer_type!r} is not supported (only the 12 Hz one)")
+    generation_config = json.loads(_require(root / "generation_config.json", what).read_text())
+    st_dir = root / "speech_tokenizer"
+    if not st_dir.is_dir():
+        raise CheckpointError(f"{what}: missing the speech_tokenizer/ folder (the 12 Hz codec)")
+    try:
+        st_config = SpeechTokenizerConfig.from_file(_require(st_dir / "config.json", f"{what}/speech_tokenizer"))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{what}: speech_tokenizer/config.json: {exc}") from exc
+    return CheckpointFiles(
+        root=root,
+        config=config,
+        generation_config=generation_config,
+        weights=_weight_files(root, what),
+        speech_tokenizer_config=st_config,
+        speech_tokenizer_weights=_weight_files(st_dir, f"{what}/speech_tokenizer"),
+    )
+
+
+def read_weights(files: list[Path], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of one or more safetensors files whose names start with `prefix`, with the prefix stripped."""
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        for name, tensor in load_file(str(f)).items():
+            if name.startswith(prefix):
+                out[name[len(prefix) :]] = tensor
+    return out
+
+
+def load_module(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Strict load with an error that lists the first missing/unexpected names instead of a wall of text."""
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{what}: the weights do not fit the config: {str(exc)[:500]}") from exc
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} weights, e.g. {result.missing_keys[:3]}")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected weights, e.g. {result.unexpected_keys[:3]}")
+    if problems:
+        raise CheckpointError(f"{what}: the weights do not fit the config: {'; '.join(problems)}")
