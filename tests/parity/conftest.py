@@ -41,7 +41,7 @@ def official(checkpoints, clips, tmp_path_factory) -> dict[str, dict]:
     job.write_text(json.dumps({"runs": [{"checkpoint": str(checkpoints[k]), "cases": v} for k, v in runs.items()]}))
     out = work / "out.pt"
     proc = subprocess.run(
-        [str(REFERENCE_PYTHON), str(ROOT / "tests" / "parity" / "official_runner.py"), str(job), str(out)],
+        [str(REFERENCE_PYTHON), str(ROOT / "reference" / "official_runner.py"), str(job), str(out)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900,
     )
     if proc.returncode != 0:

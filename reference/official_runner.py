@@ -1,7 +1,7 @@
 """Run the official qwen-tts package on a checkpoint and save what it produced, for the parity tests.
 
 Runs in the reference environment (.venv-ref), never in the project's:
-    .venv-ref/bin/python tests/parity/official_runner.py JOB.json OUT.pt
+    .venv-ref/bin/python reference/official_runner.py JOB.json OUT.pt
 JOB.json: {"runs": [{"checkpoint": DIR, "cases": [{"name": ..., "task": ..., ...}, ...]}, ...]}; OUT.pt maps
 "<checkpoint folder name>/<case name>" to the case's outputs. Each case calls the official public API exactly as a user
 would; the talker codes are captured on their way out of `model.generate`.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -79,7 +80,10 @@ def main(job_path: str, out_path: str) -> None:
     for run in json.loads(Path(job_path).read_text())["runs"]:
         tts = Qwen3TTSModel.from_pretrained(run["checkpoint"], dtype=torch.float32)
         for case in run["cases"]:
-            results[f"{Path(run['checkpoint']).name}/{case['name']}"] = run_case(tts, case)
+            start = time.perf_counter()
+            result = run_case(tts, case)
+            result["seconds"] = time.perf_counter() - start
+            results[f"{Path(run['checkpoint']).name}/{case['name']}"] = result
     torch.save(results, out_path)
 
 
