@@ -36,7 +36,8 @@ def run_case(tts, case: dict) -> dict:
             torch.manual_seed(case["seed"])
         if task == "voice_prompt":
             (item,) = tts.create_voice_clone_prompt(
-                ref_audio=case["ref_audio"], ref_text=case.get("ref_text"),
+                ref_audio=case["ref_audio"],
+                ref_text=case.get("ref_text"),
                 x_vector_only_mode=case.get("x_vector_only", False),
             )
             out = {"x_vector": item.ref_spk_embedding.float().cpu()}
@@ -50,19 +51,30 @@ def run_case(tts, case: dict) -> dict:
             return {"wav": torch.from_numpy(wavs[0])}
         if task == "voice_clone":
             wavs, _ = tts.generate_voice_clone(
-                text=case["text"], language=case.get("language", "Auto"), ref_audio=case["ref_audio"],
-                ref_text=case.get("ref_text"), x_vector_only_mode=case.get("x_vector_only", False),
-                non_streaming_mode=case.get("non_streaming_mode", False), **gen,
+                text=case["text"],
+                language=case.get("language", "Auto"),
+                ref_audio=case["ref_audio"],
+                ref_text=case.get("ref_text"),
+                x_vector_only_mode=case.get("x_vector_only", False),
+                non_streaming_mode=case.get("non_streaming_mode", False),
+                **gen,
             )
         elif task == "custom_voice":
             wavs, _ = tts.generate_custom_voice(
-                text=case["text"], speaker=case["speaker"], language=case.get("language", "Auto"),
-                instruct=case.get("instruct"), non_streaming_mode=case.get("non_streaming_mode", True), **gen,
+                text=case["text"],
+                speaker=case["speaker"],
+                language=case.get("language", "Auto"),
+                instruct=case.get("instruct"),
+                non_streaming_mode=case.get("non_streaming_mode", True),
+                **gen,
             )
         elif task == "voice_design":
             wavs, _ = tts.generate_voice_design(
-                text=case["text"], instruct=case["instruct"], language=case.get("language", "Auto"),
-                non_streaming_mode=case.get("non_streaming_mode", True), **gen,
+                text=case["text"],
+                instruct=case["instruct"],
+                language=case.get("language", "Auto"),
+                non_streaming_mode=case.get("non_streaming_mode", True),
+                **gen,
             )
         else:
             raise ValueError(f"unknown task {task!r}")

@@ -47,26 +47,71 @@ class ModelSize:
 
 SIZES = {
     "tiny": ModelSize(
-        talker=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=32, text_hidden_size=48,
-                    rope_scaling={"interleaved": True, "mrope_section": [6, 5, 5], "rope_type": "default"}),
-        code_predictor=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=16),
-        speaker_encoder=dict(enc_dim=64, enc_channels=[32, 32, 32, 32, 96], enc_attention_channels=16,
-                             enc_se_channels=16),
-        codec_decoder=dict(latent_dim=32, codebook_dim=32, decoder_dim=32, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
-                           vector_quantization_hidden_dimension=32),
-        codec_encoder=dict(num_filters=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=4, head_dim=8, intermediate_size=64, codebook_dim=16,
-                           vector_quantization_hidden_dimension=16, upsample_groups=32),
+        talker=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            text_hidden_size=48,
+            rope_scaling={"interleaved": True, "mrope_section": [6, 5, 5], "rope_type": "default"},
+        ),
+        code_predictor=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+        ),
+        speaker_encoder=dict(
+            enc_dim=64, enc_channels=[32, 32, 32, 32, 96], enc_attention_channels=16, enc_se_channels=16
+        ),
+        codec_decoder=dict(
+            latent_dim=32,
+            codebook_dim=32,
+            decoder_dim=32,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            vector_quantization_hidden_dimension=32,
+        ),
+        codec_encoder=dict(
+            num_filters=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=8,
+            intermediate_size=64,
+            codebook_dim=16,
+            vector_quantization_hidden_dimension=16,
+            upsample_groups=32,
+        ),
     ),
     "mid": ModelSize(
-        talker=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-                    num_key_value_heads=4, head_dim=64, text_hidden_size=512,
-                    rope_scaling={"interleaved": True, "mrope_section": [12, 10, 10], "rope_type": "default"}),
-        code_predictor=dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=5, num_attention_heads=8,
-                            num_key_value_heads=4, head_dim=64),
+        talker=dict(
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=64,
+            text_hidden_size=512,
+            rope_scaling={"interleaved": True, "mrope_section": [12, 10, 10], "rope_type": "default"},
+        ),
+        code_predictor=dict(
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=5,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            head_dim=64,
+        ),
         speaker_encoder=None,
         codec_decoder=None,
         codec_encoder=None,
@@ -121,8 +166,8 @@ def randomize_(module: nn.Module, generator: torch.Generator) -> None:
                 t.copy_(torch.rand(t.shape, generator=generator) * 1.5 + 0.5)
             elif leaf == "initialized":
                 t.fill_(1.0)
-            elif leaf in ("alpha", "beta"):  # SnakeBeta, log-scale
-                normal_(t, 0.3)
+            elif leaf in ("alpha", "beta"):  # SnakeBeta, log-scale; larger values make fp32 round-off audible
+                normal_(t, 0.2)
             elif leaf in ("scale", "gamma"):  # LayerScale, ConvNeXt
                 t.copy_(torch.rand(t.shape, generator=generator) * 0.4 + 0.1)
             elif leaf == "bias":
@@ -137,6 +182,16 @@ def randomize_(module: nn.Module, generator: torch.Generator) -> None:
             if name.endswith(("embed_sum", "embedding_sum")):
                 usage = tensors[name.rsplit(".", 1)[0] + ".cluster_usage"]
                 t.copy_(torch.randn(t.shape, generator=generator) * usage[:, None])
+
+
+def condition_codec_(codec: SpeechTokenizer) -> None:
+    """Damp the waveform decoder: with raw 1/sqrt(fan_in) convs it saturates at the final clamp, and fp32 and fp64
+    runs of the official code drift apart by ~1e-3; this keeps them within ~1e-5 and the audio at std ~0.1."""
+    with torch.no_grad():
+        convs = [m for m in codec.decoder.decoder.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
+        for conv in convs:
+            conv.weight.mul_(0.8)
+        convs[-1].weight.mul_(0.1 / 0.8)
 
 
 def _save(module: nn.Module, path: Path) -> None:
@@ -160,6 +215,7 @@ def build_checkpoint(
             network.talker.codec_head.weight[raw["talker_config"]["codec_eos_token_id"]] *= eos_boost
     codec = SpeechTokenizer(SpeechTokenizerConfig.from_dict(raw_codec))
     randomize_(codec, generator)
+    condition_codec_(codec)
 
     (out / "config.json").write_text(json.dumps(raw, indent=2))
     (out / "generation_config.json").write_text((RELEASE_CONFIGS / "generation_config.json").read_text())

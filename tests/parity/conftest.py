@@ -42,7 +42,10 @@ def official(checkpoints, clips, tmp_path_factory) -> dict[str, dict]:
     out = work / "out.pt"
     proc = subprocess.run(
         [str(REFERENCE_PYTHON), str(ROOT / "reference" / "official_runner.py"), str(job), str(out)],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=900,
     )
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-5000:])

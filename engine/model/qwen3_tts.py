@@ -1,0 +1,216 @@
+"""`Qwen3TTS`: a loaded checkpoint with the calls of the official package, as plain functions of our modules.
+
+This is the model's reference path: one request at a time, the whole waveform at the end. The serving engine reuses
+the same pieces (prompt building, the step functions of `engine.model.generate`, the Code2Wav state) to stream and
+batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.model.audio import ReferenceAudio
+from engine.model.codec import SpeechTokenizer
+from engine.model.config import Qwen3TTSConfig
+from engine.model.generate import generate_codes
+from engine.model.loading import CheckpointFiles, find_checkpoint, load_module, read_weights
+from engine.model.network import Qwen3TTSNetwork
+from engine.model.prompt import (
+    TalkerPrompt,
+    custom_voice_prompt,
+    icl_trim_start,
+    voice_clone_prompt,
+    voice_design_prompt,
+)
+from engine.model.sampling import SamplingParams
+from engine.model.speaker_encoder import extract_xvector
+from engine.model.text_tokenizer import TextTokenizer
+
+# the checkpoint's tts_model_type -> the task it serves
+TASK_OF_MODEL_TYPE = {"base": "voice_clone", "custom_voice": "custom_voice", "voice_design": "voice_design"}
+
+
+@dataclass
+class VoicePrompt:
+    """A cloned voice: the x-vector, plus the reference codes and transcript in ICL mode (None: x-vector only)."""
+
+    x_vector: Tensor  # (H,)
+    ref_codes: Tensor | None = None  # (frames, 16) int64
+    ref_text: str | None = None
+
+    @property
+    def icl(self) -> bool:
+        return self.ref_codes is not None
+
+
+@dataclass
+class SynthesisInput:
+    """One request to the model. `non_streaming_mode` None takes the official default of the task (streaming text
+    for voice clone, non-streaming for custom voice and voice design)."""
+
+    task: str
+    text: str
+    language: str = "auto"
+    speaker: str | None = None
+    instruct: str | None = None
+    voice: VoicePrompt | None = None
+    non_streaming_mode: bool | None = None
+
+
+@dataclass
+class SynthesisResult:
+    wav: np.ndarray  # (samples,) float32
+    codes: Tensor  # (frames, 16) int64, the generated frames only
+    sample_rate: int
+    seed: int | None
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class Qwen3TTS:
+    def __init__(
+        self,
+        files: CheckpointFiles,
+        network: Qwen3TTSNetwork,
+        speech_tokenizer: SpeechTokenizer,
+        text_tokenizer: TextTokenizer,
+    ) -> None:
+        self.files = files
+        self.config: Qwen3TTSConfig = files.config
+        self.network = network
+        self.talker = network.talker
+        self.speech_tokenizer = speech_tokenizer
+        self.text_tokenizer = text_tokenizer
+        known = {f.name for f in dataclasses.fields(SamplingParams)}
+        self.sampling_defaults = SamplingParams(**{k: v for k, v in files.generation_config.items() if k in known})
+        self.sample_rate = files.speech_tokenizer_config.output_sample_rate
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> Qwen3TTS:
+        """A checkpoint folder in the official layout, or a Hub id (downloaded when online)."""
+        files = find_checkpoint(name_or_path)
+        device = torch.device(device)
+        dtype = dtype or default_dtype(device)
+        with torch.device(device):
+            network = Qwen3TTSNetwork(files.config)
+            codec = SpeechTokenizer(files.speech_tokenizer_config)
+        load_module(network, read_weights(files.weights), f"{files.root}/model.safetensors")
+        load_module(codec, read_weights(files.speech_tokenizer_weights), f"{files.root}/speech_tokenizer")
+        network.to(dtype).eval()
+        codec.to(dtype).eval()
+        return cls(files, network, codec, TextTokenizer.from_checkpoint(files.root))
+
+    @property
+    def device(self) -> torch.device:
+        return self.talker.codec_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.talker.codec_head.weight.dtype
+
+    @property
+    def task(self) -> str:
+        return TASK_OF_MODEL_TYPE[self.config.tts_model_type]
+
+    @property
+    def languages(self) -> list[str]:
+        """What `language` accepts: auto plus the checkpoint's languages (dialects come with their speakers)."""
+        return ["auto"] + [k for k in self.config.talker_config.codec_language_id if "dialect" not in k]
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.config.talker_config.spk_id)
+
+    @torch.inference_mode()
+    def create_voice_prompt(
+        self, audio: ReferenceAudio, ref_text: str | None = None, x_vector_only: bool = False
+    ) -> VoicePrompt:
+        """x-vector (speaker encoder) and, for ICL, the reference codes (codec encoder) of a validated clip."""
+        if self.network.speaker_encoder is None:
+            raise ValueError(f"voice cloning needs a Base checkpoint; this one is {self.config.tts_model_type!r}")
+        if not x_vector_only and not (ref_text and ref_text.strip()):
+            raise ValueError(
+                "ref_text: a transcript of the reference clip is required for ICL voice cloning "
+                "(or ask for x-vector-only cloning)"
+            )
+        samples = torch.from_numpy(audio.samples)
+        x_vector = extract_xvector(self.network.speaker_encoder, samples)
+        if x_vector_only:
+            return VoicePrompt(x_vector)
+        codes = self.speech_tokenizer.encode(samples.to(self.device, self.dtype))
+        return VoicePrompt(x_vector, codes, ref_text)
+
+    def build_prompt(self, request: SynthesisInput) -> TalkerPrompt:
+        """Validate the request against this checkpoint and lay out its talker prompt."""
+        if request.task != self.task:
+            raise ValueError(f"task: this checkpoint serves {self.task!r}, not {request.task!r}")
+        if not request.text.strip():
+            raise ValueError("text: empty")
+        if request.language.lower() not in self.languages:
+            raise ValueError(f"language: {request.language!r} is not one of {', '.join(self.languages)}")
+        tok, cfg = self.text_tokenizer, self.config
+        text_ids = tok.assistant_text_ids(request.text)[None].to(self.device)
+        mode = {} if request.non_streaming_mode is None else {"non_streaming": request.non_streaming_mode}
+        instruct_ids = tok.instruct_ids(request.instruct)[None].to(self.device) if request.instruct else None
+        if self.task == "voice_clone":
+            voice = request.voice
+            if voice is None:
+                raise ValueError("voice: voice cloning needs a reference clip (create_voice_prompt)")
+            ref_ids = tok.ref_text_ids(voice.ref_text)[None].to(self.device) if voice.icl else None
+            ref_codes = voice.ref_codes.to(self.device) if voice.icl else None
+            return voice_clone_prompt(
+                self.talker,
+                cfg,
+                text_ids,
+                voice.x_vector.to(self.device, self.dtype),
+                request.language,
+                ref_ids,
+                ref_codes,
+                **mode,
+            )
+        if self.task == "custom_voice":
+            if not request.speaker or request.speaker.lower() not in cfg.talker_config.spk_id:
+                raise ValueError(f"speaker: {request.speaker!r} is not one of {', '.join(self.speakers)}")
+            return custom_voice_prompt(
+                self.talker, cfg, text_ids, request.speaker, request.language, instruct_ids, **mode
+            )
+        return voice_design_prompt(self.talker, cfg, text_ids, instruct_ids, request.language, **mode)
+
+    def generate_codes(self, request: SynthesisInput, params: SamplingParams, seed: int | None = None) -> Tensor:
+        """The generated code frames (frames, 16); `seed` makes sampling repeatable (as torch.manual_seed(seed)
+        before the official call)."""
+        prompt = self.build_prompt(request)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        return generate_codes(self.talker, prompt, params, generator)
+
+    @torch.inference_mode()
+    def decode(self, codes: Tensor, voice: VoicePrompt | None = None) -> np.ndarray:
+        """24 kHz audio of the generated frames. For ICL the reference codes are decoded in front, as the official
+        does, and their share of the samples is cut off."""
+        if voice is None or not voice.icl:
+            return self.speech_tokenizer.decode(codes.to(self.device)).float().cpu().numpy()
+        full = torch.cat([voice.ref_codes.to(self.device), codes.to(self.device)])
+        wav = self.speech_tokenizer.decode(full).float().cpu().numpy()
+        return wav[icl_trim_start(voice.ref_codes.shape[0], full.shape[0], wav.shape[0]) :]
+
+    def synthesize(
+        self, request: SynthesisInput, params: SamplingParams | None = None, seed: int | None = None
+    ) -> SynthesisResult:
+        """Codes and waveform of one request. Sampling without a seed picks one and reports it, so any run can be
+        repeated."""
+        params = params or self.sampling_defaults
+        if seed is None and (params.do_sample or params.subtalker_dosample):
+            seed = random.randrange(2**31)
+        codes = self.generate_codes(request, params, seed)
+        return SynthesisResult(self.decode(codes, request.voice), codes.cpu(), self.sample_rate, seed)
