@@ -10,6 +10,7 @@ would; the talker codes are captured on their way out of `model.generate`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,12 @@ def run_case(tts, case: dict) -> dict:
     captured: list[torch.Tensor] = []
     inner = tts.model.generate
 
+    timings: list[float] = []
+
     def recording_generate(*args, **kwargs):
+        start = time.perf_counter()
         codes, hiddens = inner(*args, **kwargs)
+        timings.append(time.perf_counter() - start)
         captured.extend(c.clone() for c in codes)
         return codes, hiddens
 
@@ -78,7 +83,7 @@ def run_case(tts, case: dict) -> dict:
             )
         else:
             raise ValueError(f"unknown task {task!r}")
-        return {"codes": captured[0].cpu(), "wav": torch.from_numpy(wavs[0])}
+        return {"codes": captured[0].cpu(), "wav": torch.from_numpy(wavs[0]), "generate_seconds": timings[0]}
     finally:
         tts.model.generate = inner
 
@@ -87,7 +92,7 @@ def main(job_path: str, out_path: str) -> None:
     import_qwen_tts()
     from qwen_tts import Qwen3TTSModel
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("VOXTRACE_THREADS", "1")))
     results = {}
     for run in json.loads(Path(job_path).read_text())["runs"]:
         tts = Qwen3TTSModel.from_pretrained(run["checkpoint"], dtype=torch.float32)
