@@ -1,0 +1,153 @@
+"""Chrome-trace export, torch.profiler capture on our clock, and the TensorBoard plugin reading the capture."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from profiling import events as ev
+from profiling.events import Recorder, Timeline, merge_timelines
+from profiling.trace import REQUESTS_PID, capture, check_trace, chrome_trace, write_chrome_trace
+
+
+def test_trace_has_the_perfetto_fields_and_no_crossing_slices(run: Timeline, tmp_path: Path):
+    path = write_chrome_trace(tmp_path / "run.json", chrome_trace(run))
+    trace = json.loads(path.read_text())
+    assert check_trace(trace) == []
+    events = trace["traceEvents"]
+    assert {e["ph"] for e in events} == {"X", "i", "C", "M"}
+    names = {(e["pid"], e["args"]["name"]) for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    assert names == {(100, "engine"), (200, "talker-worker"), (REQUESTS_PID, "requests")}
+
+
+def test_overlapping_transfers_get_a_lane_each(run: Timeline):
+    trace = chrome_trace(run)["traceEvents"]
+    threads = {
+        e["tid"]: e["args"]["name"] for e in trace if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 200
+    }
+    transfers = [e for e in trace if e["ph"] == "X" and e["pid"] == 200 and e["cat"] == ev.TRANSPORT]
+    assert sorted(threads[e["tid"]] for e in transfers) == ["transport", "transport #2"]
+
+
+def test_each_request_has_its_own_track_with_its_milestones(run: Timeline):
+    trace = chrome_trace(run)["traceEvents"]
+    mine = [e for e in trace if e["pid"] == REQUESTS_PID and e["ph"] != "M"]
+    by_tid: dict[int, set[str]] = {}
+    for e in mine:
+        by_tid.setdefault(e["tid"], set()).add(e["args"]["request"])
+    assert sorted(by_tid.values(), key=sorted) == [{"a"}, {"b"}]
+    a_marks = {e["name"] for e in mine if e["ph"] == "i" and e["args"]["request"] == "a"}
+    assert set(ev.MILESTONES) <= a_marks and ev.AUDIO_CHUNK in a_marks
+    assert any(e["ph"] == "X" and e["name"] == "request a" for e in mine)
+
+
+def test_check_trace_catches_crossing_slices_and_missing_fields():
+    bad = {
+        "traceEvents": [
+            {"ph": "X", "name": "a", "pid": 1, "tid": 1, "ts": 0, "dur": 10},
+            {"ph": "X", "name": "b", "pid": 1, "tid": 1, "ts": 5, "dur": 10},
+            {"ph": "X", "name": "inside", "pid": 1, "tid": 2, "ts": 0, "dur": 10},
+            {"ph": "X", "name": "nested", "pid": 1, "tid": 2, "ts": 2, "dur": 8},
+            {"ph": "i", "name": "no ts", "pid": 1},
+        ]
+    }
+    problems = check_trace(bad)
+    assert len(problems) == 2
+    assert any("'b'" in p and "crosses 'a'" in p for p in problems)
+    assert any("lacks ts" in p for p in problems)
+
+
+def _tiny_workload(rec: Recorder) -> None:
+    x = torch.randn(64, 64)
+    for _ in range(3):
+        with rec.span(ev.DECODE_STEP, ev.TALKER, batch_size=1):
+            x = torch.tanh(x @ x)
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory) -> tuple[Path, Timeline, object]:
+    """One capture shared by the torch tests: starting the profiler costs about a second."""
+    logdir = tmp_path_factory.mktemp("tb")
+    rec = Recorder("talker")
+    with capture(logdir / "run1", "talker", rec) as cap:
+        _tiny_workload(rec)
+    return logdir, merge_timelines([rec.drain_batch()]), cap.result
+
+
+def test_capture_writes_the_tensorboard_layout_with_our_ranges(captured):
+    logdir, _, result = captured
+    (path,) = (logdir / "run1").glob("*.pt.trace.json")
+    assert path.name.startswith("talker.") and str(path) == result.path
+    ranges = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("name") == "talker/decode_step"]
+    assert len(ranges) == 3
+
+
+def test_torch_ranges_line_up_with_our_spans(captured):
+    _, tl, result = captured
+    merged = chrome_trace(tl, [result])
+    ours = sorted(e["ts"] for e in merged["traceEvents"] if e.get("cat") == ev.TALKER and e["ph"] == "X")
+    theirs = sorted(e["ts"] for e in merged["traceEvents"] if e.get("name") == "talker/decode_step")
+    assert len(ours) == len(theirs) == 3
+    for a, b in zip(ours, theirs, strict=True):
+        assert abs(a - b) < 100  # µs: the range opens just before our clock is read
+    assert check_trace({"traceEvents": [e for e in merged["traceEvents"] if e.get("cat") == ev.TALKER]}) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> object | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)
+    except OSError:  # not listening yet
+        return None
+
+
+def test_tensorboard_profiler_plugin_lists_the_run(captured, tmp_path: Path):
+    logdir = captured[0]
+    port = _free_port()
+    log_path = tmp_path / "tensorboard.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    api = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            runs: list[str] = []
+            deadline = time.monotonic() + 90
+            while "run1" not in runs and time.monotonic() < deadline:
+                assert proc.poll() is None, log_path.read_text()
+                time.sleep(0.5)
+                runs = (_get_json(f"{api}/runs") or {"runs": []})["runs"]
+            assert "run1" in runs, log_path.read_text()[-2000:]
+            # the plugin lists a run once it has parsed it: its views and our worker are there
+            assert "Trace" in _get_json(f"{api}/views?run=run1")
+            assert _get_json(f"{api}/workers?run=run1&view=Overview") == ["talker"]
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    raise SystemExit(pytest.main([__file__]))

@@ -1,0 +1,71 @@
+"""The utilization sampler: CPU samples for a live process on the events' clock, and a stop that does not wait."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+
+import pytest
+
+from profiling.events import COUNTER, UTILIZATION, now_ns
+from profiling.utilization import CPU_PERCENT, GPU_BUSY_PERCENT, GPU_MEMORY_MB, UtilizationSampler
+
+
+def test_sampler_yields_cpu_samples_for_this_process():
+    start = now_ns()
+    with UtilizationSampler([os.getpid()], interval_s=0.02) as sampler:
+        deadline = time.perf_counter() + 0.3
+        while time.perf_counter() < deadline:  # keep one core busy
+            sum(range(1000))
+    cpu = [e for e in sampler.events if e.name == CPU_PERCENT]
+    assert len(cpu) >= 5
+    assert all(e.kind == COUNTER and e.track == UTILIZATION and e.pid == os.getpid() for e in cpu)
+    assert [e.start_ns for e in cpu] == sorted(e.start_ns for e in cpu) and cpu[0].start_ns > start
+    assert max(e.args["value"] for e in cpu) > 20  # percent of one core
+    gpu = [e for e in sampler.events if e.name.startswith("gpu")]
+    assert bool(gpu) == sampler.has_gpu
+
+
+def test_stop_wakes_the_sampler_at_once():
+    sampler = UtilizationSampler(interval_s=30).start()
+    time.sleep(0.05)
+    t = time.perf_counter()
+    assert sampler.stop() == []
+    assert time.perf_counter() - t < 1.0
+
+
+def test_a_process_that_ends_is_dropped_not_fatal():
+    sampler = UtilizationSampler([os.getpid(), 2**22 + 1], interval_s=0.01).start()  # no such pid
+    time.sleep(0.1)
+    assert {e.pid for e in sampler.stop()} == {os.getpid()}
+
+
+def test_gpu_samples_come_from_nvml_when_it_is_there(monkeypatch):
+    """No GPU in CI: a stand-in pynvml checks what the sampler reads and how it names the series."""
+
+    class FakeNvml(types.SimpleNamespace):
+        closed = False
+
+        def nvmlShutdown(self):
+            FakeNvml.closed = True
+
+    fake = FakeNvml(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: f"gpu{i}",
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=87, memory=40),
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=3 * 2**30, total=80 * 2**30),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    with UtilizationSampler(interval_s=0.01) as sampler:
+        time.sleep(0.1)
+    assert sampler.has_gpu and FakeNvml.closed
+    busy = [e.args["value"] for e in sampler.events if e.name == f"gpu0.{GPU_BUSY_PERCENT}"]
+    memory = [e.args["value"] for e in sampler.events if e.name == f"gpu0.{GPU_MEMORY_MB}"]
+    assert busy and set(busy) == {87.0} and set(memory) == {3072.0}
+
+
+if __name__ == "__main__":
+    raise SystemExit(pytest.main([__file__]))
