@@ -1,0 +1,137 @@
+"""The engine config: one YAML file = one deployment. Every key is checked when the config is built, so a typo or a
+bad value fails at start-up with a message naming the key, not deep inside a run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXECUTORS = ("uni", "mp")
+DTYPES = ("float32", "bfloat16", "float16")
+TINY_TASKS = ("base", "custom_voice", "voice_design")
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class StageConfig:
+    """How one stage runs: in the engine's process (`uni`, a thread) or its own worker process (`mp`)."""
+
+    executor: str = "uni"
+    max_num_seqs: int = 8  # talker: requests in the running batch; code2wav: requests decoded in one batch
+    threads: int = 1  # torch threads of this stage (CPU), so `mp` does not oversubscribe a small machine
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.max_num_seqs < 1:
+            raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class ChunkingConfig:
+    """Frames per code chunk handed from the talker to Code2Wav: a small first chunk for fast first audio."""
+
+    first_chunk_frames: int = 2
+    chunk_frames: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.first_chunk_frames <= 300 or not 1 <= self.chunk_frames <= 300:
+            raise ConfigError("first_chunk_frames and chunk_frames must be between 1 and 300")
+
+
+@dataclass
+class LimitsConfig:
+    """What a single request may ask for, and how far ahead of its listener it may run."""
+
+    max_text_chars: int = 2000
+    max_instruct_chars: int = 500
+    max_ref_seconds: float = 30.0
+    max_new_tokens: int = 4096
+    credits: int = 4  # chunks a request may have in flight to its listener before its talker row pauses
+    max_waiting: int = 256  # requests queued for the talker beyond the running batch
+
+    def __post_init__(self) -> None:
+        for name in ("max_text_chars", "max_instruct_chars", "max_new_tokens", "credits", "max_waiting"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"limits.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_ref_seconds <= 0:
+            raise ConfigError(f"limits.max_ref_seconds must be > 0, got {self.max_ref_seconds}")
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None  # checkpoint folder or Hub id; None: the embedded tiny random model
+    tiny_task: str = "base"  # which tiny model to build when `model` is None
+    device: str = "cpu"
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    talker: StageConfig = field(default_factory=StageConfig)
+    code2wav: StageConfig = field(default_factory=lambda: StageConfig(max_num_seqs=4))
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    voice_cache_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        if self.tiny_task not in TINY_TASKS:
+            raise ConfigError(f"tiny_task must be one of {TINY_TASKS}, got {self.tiny_task!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.voice_cache_mb < 0:
+            raise ConfigError(f"voice_cache_mb must be >= 0, got {self.voice_cache_mb}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EngineConfig:
+        return _build(cls, raw, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> EngineConfig:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    """Nested dataclass from a dict, refusing unknown keys and wrong value types by name."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        nested = {"talker": StageConfig, "code2wav": StageConfig, "chunking": ChunkingConfig, "limits": LimitsConfig}
+        if cls is EngineConfig and name in nested:
+            kwargs[name] = _build(nested[name], value, f"{where}{name}.")
+            continue
+        default = getattr(cls(), name) if cls is not EngineConfig else getattr(EngineConfig(), name)
+        if (
+            default is not None
+            and not isinstance(value, type(default))
+            and not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+        ):
+            raise ConfigError(f"{where}{name} must be a {type(default).__name__}, got {value!r}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}" if where and not str(exc).startswith(where) else str(exc)) from exc
