@@ -26,7 +26,6 @@ class StageConfig:
     executor: str = "uni"
     max_num_seqs: int = 8  # talker: requests in the running batch; code2wav: requests decoded in one batch
     threads: int = 1  # torch threads of this stage (CPU), so `mp` does not oversubscribe a small machine
-    cuda_graphs: bool = False
     max_model_len: int = 4096  # talker: KV-cache positions per request (prompt + generated frames)
 
     def __post_init__(self) -> None:
@@ -132,7 +131,7 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             and not isinstance(value, type(default))
             and not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
         ):
-            raise ConfigError(f"{where}{name} must be a {type(default).__name__}, got {value!r}")
+            raise ConfigError(f"{where}{name} must be of type {type(default).__name__}, got {value!r}")
         kwargs[name] = value
     try:
         return cls(**kwargs)

@@ -76,6 +76,26 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def load_network(files: CheckpointFiles, device: str | torch.device, dtype: torch.dtype | None) -> Qwen3TTSNetwork:
+    """The talker (+ speaker encoder) alone: what a talker worker process needs."""
+    device = torch.device(device)
+    with torch.device(device):
+        network = Qwen3TTSNetwork(files.config)
+    load_module(network, read_weights(files.weights), f"{files.root}/model.safetensors")
+    return network.to(dtype or default_dtype(device)).eval()
+
+
+def load_speech_tokenizer(
+    files: CheckpointFiles, device: str | torch.device, dtype: torch.dtype | None
+) -> SpeechTokenizer:
+    """The codec (encoder + Code2Wav): what a Code2Wav worker process needs."""
+    device = torch.device(device)
+    with torch.device(device):
+        codec = SpeechTokenizer(files.speech_tokenizer_config)
+    load_module(codec, read_weights(files.speech_tokenizer_weights), f"{files.root}/speech_tokenizer")
+    return codec.to(dtype or default_dtype(device)).eval()
+
+
 class Qwen3TTS:
     def __init__(
         self,
@@ -100,15 +120,8 @@ class Qwen3TTS:
     ) -> Qwen3TTS:
         """A checkpoint folder in the official layout, or a Hub id (downloaded when online)."""
         files = find_checkpoint(name_or_path)
-        device = torch.device(device)
-        dtype = dtype or default_dtype(device)
-        with torch.device(device):
-            network = Qwen3TTSNetwork(files.config)
-            codec = SpeechTokenizer(files.speech_tokenizer_config)
-        load_module(network, read_weights(files.weights), f"{files.root}/model.safetensors")
-        load_module(codec, read_weights(files.speech_tokenizer_weights), f"{files.root}/speech_tokenizer")
-        network.to(dtype).eval()
-        codec.to(dtype).eval()
+        network = load_network(files, device, dtype)
+        codec = load_speech_tokenizer(files, device, dtype)
         return cls(files, network, codec, TextTokenizer.from_checkpoint(files.root))
 
     @property

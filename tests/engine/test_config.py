@@ -1,0 +1,50 @@
+"""Engine configs: every shipped YAML loads, and a bad key or value is refused with a message that names it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import ConfigError, EngineConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load(path: Path) -> None:
+    config = EngineConfig.from_yaml(path)
+    assert config.talker.executor in ("uni", "mp") and config.code2wav.executor in ("uni", "mp")
+
+
+def test_all_four_executor_combinations_ship_for_the_tiny_model() -> None:
+    combos = {(c.talker.executor, c.code2wav.executor) for c in map(EngineConfig.from_yaml, CONFIGS) if c.model is None}
+    assert combos == {("uni", "uni"), ("uni", "mp"), ("mp", "uni"), ("mp", "mp")}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("modle: x\n", "unknown key.*modle"),
+        ("talker:\n  exector: mp\n", r"unknown key.*talker\.exector"),
+        ("talker:\n  executor: threads\n", "executor must be one of"),
+        ("talker:\n  max_num_seqs: 0\n", "max_num_seqs must be >= 1"),
+        ("talker:\n  max_num_seqs: lots\n", "talker.max_num_seqs must be of type int"),
+        ("chunking:\n  chunk_frames: 0\n", "chunk_frames"),
+        ("limits:\n  credits: -1\n", "limits.credits must be >= 1"),
+        ("dtype: float8\n", "dtype must be one of"),
+        ("device: tpu\n", "device must be"),
+        ("- a\n- list\n", "top level must be a mapping"),
+        ("talker: [1, 2]\n", "talker. must be a mapping|talker must be a mapping"),
+    ],
+)
+def test_bad_configs_are_refused_by_name(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig.from_yaml(path)
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        EngineConfig.from_yaml(tmp_path / "absent.yaml")
