@@ -1,0 +1,235 @@
+"""Stage 1, Code2Wav: code frames -> 24 kHz audio, streamed per request and batched across requests.
+
+The decoder is causal, so each request keeps its own `DecoderState` (sliding-window KV, conv tails) and decodes
+only its new frames: the chunks it emits, joined, equal one-shot decoding of all its codes. `decode_chunk` needs
+one frame count per call, so a step batches the head chunks of several requests that share the frame count of the
+oldest waiting chunk (oldest first: no request starves; one chunk per request per batch: FIFO per request).
+
+ICL: the first chunk may carry the reference clip's codes (`prefix_codes`). They run first as a warm-up item whose
+audio is dropped, so the request's audio is exactly `decode(ref ++ codes)[len(ref) * 1920:]`. Warmed states are
+cached by the prefix's content, so a voice used again skips that decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from engine.config import StageConfig
+from engine.model.codec import Code2Wav, DecoderState
+from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput
+from profiling import events
+
+INTEGER_CODES = (torch.int64, torch.int32)
+FORGET_AFTER = 4096  # cancelled or failed ids remembered (to drop their late chunks) before the oldest is forgotten
+
+
+@dataclass
+class _Item:
+    """One decode unit of a request: a chunk, or (`chunk` None) the ICL prefix that warms the state."""
+
+    codes: Tensor  # (frames, num_quantizers) int64, on the host
+    seq: int  # arrival order across all requests: the scheduling priority
+    submitted_ns: int
+    chunk: CodeChunk | None = None
+    prefix_key: bytes | None = None  # warm-up items only: the prefix cache key
+
+
+@dataclass
+class _Request:
+    items: deque[_Item] = field(default_factory=deque)
+    state: DecoderState | None = None  # None: nothing decoded yet (the zero state)
+    next_index: int = 0
+
+
+class Code2WavStage:
+    """The `Stage` of engine/stages/base.py for the codec decoder. Inputs: `CodeChunk` (per request, in index order
+    from 0) and `Cancel`; outputs: one `AudioOut` per chunk (float32 on the CPU), or one `Failed` per bad request."""
+
+    name = "code2wav"
+
+    def __init__(
+        self,
+        decoder: Code2Wav,
+        stage: StageConfig,
+        recorder: events.Recorder | None = None,
+        prefix_cache_size: int = 16,
+    ) -> None:
+        self.decoder = decoder.eval()
+        self.max_num_seqs = stage.max_num_seqs
+        self.recorder = events.get_recorder() if recorder is None else recorder
+        self.prefix_cache_size = prefix_cache_size
+        self.device = decoder.pre_conv.conv.weight.device
+        self.num_quantizers = decoder.cfg.num_quantizers
+        self.codebook_size = decoder.cfg.codebook_size
+        self._requests: dict[str, _Request] = {}
+        self._pending: list[StageOutput] = []  # answers that need no decode (failures found on submit)
+        self._dropped: OrderedDict[str, None] = OrderedDict()  # cancelled/failed: their late chunks are ignored
+        self._prefix_cache: OrderedDict[bytes, DecoderState] = OrderedDict()  # LRU, batch-1 warmed states
+        self._seq = itertools.count()
+        with torch.inference_mode():
+            self._zero_state = decoder.init_state(1)  # shared: decode_chunk never modifies its input state
+
+    # --- the Stage protocol
+
+    def submit(self, message: StageInput) -> None:
+        if isinstance(message, Cancel):
+            self._drop(message.request_id)
+        elif isinstance(message, CodeChunk):
+            self._take_chunk(message)
+        else:
+            raise TypeError(f"code2wav takes CodeChunk and Cancel, got {type(message).__name__}")
+
+    def has_work(self) -> bool:
+        return bool(self._pending) or any(req.items for req in self._requests.values())
+
+    def step(self) -> list[StageOutput]:
+        out, self._pending = self._pending, []
+        ready: list[tuple[int, str]] = []  # (seq of the head item, request id)
+        for rid in list(self._requests):
+            self._answer_heads_without_decoding(rid, out)
+            req = self._requests.get(rid)
+            if req is not None and req.items:
+                ready.append((req.items[0].seq, rid))
+        if ready:
+            out += self._decode(self._pick_batch(ready))
+        return out
+
+    def in_flight(self) -> list[str]:
+        return list(self._requests)
+
+    # --- intake
+
+    def _take_chunk(self, chunk: CodeChunk) -> None:
+        rid = chunk.request_id
+        if rid in self._dropped:  # a late chunk of a cancelled or failed request
+            if chunk.is_last:
+                del self._dropped[rid]
+            return
+        req = self._requests.setdefault(rid, _Request())
+        problem = self._check(chunk, req.next_index)
+        if problem is not None:
+            self._pending.append(self._fail(rid, problem))
+            return
+        req.next_index += 1
+        now = events.now_ns()
+        codes = chunk.codes.to(torch.int64)
+        if chunk.prefix_codes is not None and chunk.prefix_codes.shape[0] and codes.shape[0]:
+            prefix = chunk.prefix_codes.to(torch.int64).contiguous()
+            key = hashlib.blake2b(prefix.cpu().numpy().tobytes(), digest_size=16).digest()
+            req.items.append(_Item(prefix, next(self._seq), now, None, key))
+        req.items.append(_Item(codes, next(self._seq), now, chunk))
+
+    def _check(self, chunk: CodeChunk, expected_index: int) -> str | None:
+        """Why a chunk cannot be decoded, found before it can fail a batch (or trip a CUDA assert)."""
+        if chunk.index != expected_index:
+            return f"code2wav: chunk {chunk.index} arrived, expected chunk {expected_index}"
+        if chunk.prefix_codes is not None and chunk.index != 0:
+            return f"code2wav: prefix_codes on chunk {chunk.index}; only the first chunk may carry them"
+        for what, codes in (("codes", chunk.codes), ("prefix_codes", chunk.prefix_codes)):
+            if codes is None:
+                continue
+            if codes.dim() != 2 or codes.shape[1] != self.num_quantizers or codes.dtype not in INTEGER_CODES:
+                return (
+                    f"code2wav: {what} must be integer (frames, {self.num_quantizers}), "
+                    f"got {codes.dtype} {tuple(codes.shape)}"
+                )
+            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+                return f"code2wav: {what} out of range [0, {self.codebook_size})"
+        return None
+
+    def _drop(self, rid: str) -> None:
+        """Forget a request (cancelled or failed) and remember its id so that its late chunks are ignored."""
+        self._requests.pop(rid, None)
+        self._dropped[rid] = None
+        while len(self._dropped) > FORGET_AFTER:
+            self._dropped.popitem(last=False)
+
+    def _fail(self, rid: str, message: str) -> Failed:
+        self._drop(rid)
+        return Failed(rid, message)
+
+    # --- scheduling
+
+    def _answer_heads_without_decoding(self, rid: str, out: list[StageOutput]) -> None:
+        """Empty chunks are answered at once, and a prefix already in the cache is adopted instead of decoded."""
+        req = self._requests[rid]
+        while req.items:
+            head = req.items[0]
+            if head.chunk is not None and head.codes.shape[0] == 0:
+                req.items.popleft()
+                out.append(AudioOut(rid, head.chunk.index, torch.zeros(0), 0, head.chunk.is_last))
+                if head.chunk.is_last:
+                    del self._requests[rid]
+                    return
+            elif head.prefix_key is not None and head.prefix_key in self._prefix_cache:
+                self._prefix_cache.move_to_end(head.prefix_key)
+                req.state = self._prefix_cache[head.prefix_key]
+                req.items.popleft()
+            else:
+                return
+
+    def _pick_batch(self, ready: list[tuple[int, str]]) -> list[str]:
+        """The oldest waiting chunk sets the frame count; others of that length join, oldest first."""
+        ready.sort()
+        frames = self._requests[ready[0][1]].items[0].codes.shape[0]
+        group = [rid for _, rid in ready if self._requests[rid].items[0].codes.shape[0] == frames]
+        return group[: self.max_num_seqs]
+
+    # --- decoding
+
+    def _decode(self, group: list[str]) -> list[StageOutput]:
+        reqs = [self._requests[rid] for rid in group]
+        items = [req.items[0] for req in reqs]
+        frames = items[0].codes.shape[0]
+        start = events.now_ns()
+        try:
+            with self.recorder.span(
+                events.CODE2WAV_DECODE, events.CODE2WAV, batch_size=len(group), frames=frames, requests=group
+            ):
+                audio, states = self._run(
+                    torch.stack([item.codes for item in items]),
+                    [self._zero_state if r.state is None else r.state for r in reqs],
+                )
+        except Exception as exc:  # an error fails its request, never the stage
+            if len(group) == 1:
+                return [self._fail(group[0], f"code2wav: decode failed: {type(exc).__name__}: {exc}")]
+            return [out for rid in group for out in self._decode([rid])]  # find the row that fails
+        out: list[StageOutput] = []
+        for i, (rid, req, state) in enumerate(zip(group, reqs, states, strict=True)):
+            item = req.items.popleft()
+            req.state = state
+            if item.chunk is None:  # a warmed ICL prefix: keep the state, drop the audio
+                self._cache_prefix(item.prefix_key, state)
+                continue
+            self.recorder.record_span(events.QUEUE_WAIT, events.CODE2WAV, item.submitted_ns, start, request=rid)
+            out.append(AudioOut(rid, item.chunk.index, audio[i].clone(), frames, item.chunk.is_last))
+            if item.chunk.is_last:
+                del self._requests[rid]
+        return out
+
+    @torch.inference_mode()
+    def _run(self, codes: Tensor, states: list[DecoderState]) -> tuple[Tensor, list[DecoderState]]:
+        """One batched decode: (B, T, Q) codes continuing each row's state -> audio (B, T * 1920) on the CPU."""
+        state = states[0] if len(states) == 1 else DecoderState.cat(states)
+        audio, state = self.decoder.decode_chunk(codes.to(self.device, non_blocking=True), state)
+        return audio.float().cpu(), [_compact(s) for s in state.split()]
+
+    def _cache_prefix(self, key: bytes | None, state: DecoderState) -> None:
+        if key is None or self.prefix_cache_size == 0:
+            return
+        self._prefix_cache[key] = state
+        self._prefix_cache.move_to_end(key)
+        while len(self._prefix_cache) > self.prefix_cache_size:
+            self._prefix_cache.popitem(last=False)
+
+
+def _compact(state: DecoderState) -> DecoderState:
+    """Copy the conv tails: `decode_chunk` returns them as views of the chunk's full activations (megabytes at the
+    real size), which a request waiting for its next chunk would otherwise keep alive."""
+    return DecoderState(state.pos, state.keys, state.values, [t.clone() for t in state.tails])
