@@ -185,13 +185,13 @@ def randomize_(module: nn.Module, generator: torch.Generator) -> None:
 
 
 def condition_codec_(codec: SpeechTokenizer) -> None:
-    """Damp the waveform decoder: with raw 1/sqrt(fan_in) convs it saturates at the final clamp, and fp32 and fp64
-    runs of the official code drift apart by ~1e-3; this keeps them within ~1e-5 and the audio at std ~0.1."""
+    """Damp the waveform decoder: with raw 1/sqrt(fan_in) convs it saturates at the final clamp, and fp32 round-off
+    grows to ~3e-5 through it; this keeps the audio at std ~0.15, unclipped, with fp32 within ~3e-6 of fp64."""
     with torch.no_grad():
         convs = [m for m in codec.decoder.decoder.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
         for conv in convs:
-            conv.weight.mul_(0.8)
-        convs[-1].weight.mul_(0.1 / 0.8)
+            conv.weight.mul_(0.7)
+        convs[-1].weight.mul_(0.05 / 0.7)
 
 
 def _save(module: nn.Module, path: Path) -> None:
