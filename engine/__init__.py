@@ -1,0 +1,28 @@
+"""Voxtrace's serving engine: `Engine(EngineConfig)` streams Qwen3-TTS audio for `SpeechRequest`s.
+
+The names load lazily, so that a spawned stage worker (which imports `engine.runtime` and `engine.stages`) does not pay
+for importing the whole engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Engine": "engine.engine",
+    "EngineBusy": "engine.engine",
+    "Synthesis": "engine.engine",
+    "EngineConfig": "engine.config",
+    "AudioChunk": "engine.request",
+    "EngineError": "engine.request",
+    "RequestError": "engine.request",
+    "SpeechRequest": "engine.request",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -27,6 +27,7 @@ class StageConfig:
     max_num_seqs: int = 8  # talker: requests in the running batch; code2wav: requests decoded in one batch
     threads: int = 1  # torch threads of this stage (CPU), so `mp` does not oversubscribe a small machine
     max_model_len: int = 4096  # talker: KV-cache positions per request (prompt + generated frames)
+    ring_mb: int = 32  # mp: shared-memory ring per direction (2 per mp stage; mind a container's /dev/shm size)
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -35,6 +36,8 @@ class StageConfig:
             raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.ring_mb < 1:
+            raise ConfigError(f"ring_mb must be >= 1, got {self.ring_mb}")
         if self.max_model_len < 16:
             raise ConfigError(f"max_model_len must be >= 16, got {self.max_model_len}")
 

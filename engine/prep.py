@@ -119,7 +119,7 @@ class PromptPrep:
 
     def _sampling(self, request: SpeechRequest) -> SamplingParams:
         base = request.sampling or self.model.sampling_defaults
-        limit = request.max_new_tokens or base.max_new_tokens
+        limit = base.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
         if limit < 1:
             raise RequestError("max_new_tokens", f"must be >= 1, got {limit}")
         try:

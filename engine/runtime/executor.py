@@ -1,0 +1,197 @@
+"""Executors: where a stage's loop runs. Same interface for both, so each stage picks one in its config.
+
+- `UniExecutor`: a thread of the engine's process; messages pass as they are (no copy, tensors stay on their device).
+  Its transport events (HANDOFF, bytes=0: submit to pick-up) and the stage's own events land in the engine's
+  recorder, so `drain_events()` returns an empty batch: drain the engine's recorder instead.
+- `MpExecutor`: a spawned worker process running the same loop, fed over pipes with headers and shared-memory rings
+  (`codec`). A receiver thread per worker blocks on the output pipe and the process sentinel: it delivers outputs
+  and notices a death at once. `drain_events()` fetches the worker's recorded events.
+
+Both call `on_output` from their own thread (the stage thread, the receiver thread): it must not block for long,
+since it back-pressures the stage. `on_death(reason)` is called from that same thread, once per death (never on
+`close`); `in_flight()` then names the requests the dead stage held, and `restart()` may be called from inside it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import traceback
+import warnings
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from engine.runtime.codec import DEFAULT_RING_BYTES
+from engine.runtime.worker import STOP, StageFactory, stage_loop
+from engine.stages.messages import Cancel, CodeChunk, Failed, StageInput, StageOutput, TalkerJob
+from profiling.events import HANDOFF, TRANSPORT, EventBatch, get_recorder, now_ns
+
+log = logging.getLogger(__name__)
+
+OnOutput = Callable[[StageOutput], None]
+OnDeath = Callable[[str], None]
+
+
+class ExecutorError(RuntimeError):
+    """The stage cannot be reached: it failed to start, died, or is closed."""
+
+
+class _Held:
+    """Request ids a stage holds, seen from outside: added when a job or chunk goes in, removed when its last
+    output (or a Failed) comes back or it is cancelled. What to fail when the stage dies."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def submitted(self, msg: StageInput) -> None:
+        with self._lock:
+            if isinstance(msg, (TalkerJob, CodeChunk)):
+                self._ids[msg.request_id] = None
+            elif isinstance(msg, Cancel):
+                self._ids.pop(msg.request_id, None)
+
+    def delivered(self, msg: StageOutput) -> None:
+        if isinstance(msg, Failed) or getattr(msg, "is_last", False):
+            with self._lock:
+                self._ids.pop(msg.request_id, None)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._ids)
+
+
+def _close_at_exit(ref: weakref.ref[Executor]) -> None:
+    executor = ref()
+    if executor is not None:
+        executor.close()
+
+
+class Executor(ABC):
+    """Runs one stage built by `stage_factory` and delivers its outputs to `on_output`."""
+
+    def __init__(
+        self,
+        stage_factory: StageFactory,
+        on_output: OnOutput,
+        name: str,
+        threads: int = 1,
+        on_death: OnDeath | None = None,
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        start_timeout_s: float = 600.0,
+        send_timeout_s: float = 60.0,
+    ):
+        self.factory, self.on_output, self.name, self.threads = stage_factory, on_output, name, threads
+        self.on_death = on_death or (lambda reason: log.error("%s", reason))
+        self.ring_bytes, self.start_timeout_s, self.send_timeout_s = ring_bytes, start_timeout_s, send_timeout_s
+        self.held = _Held()
+        self._lock = threading.Lock()  # mp: one writer at a time into the input pipe and ring
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    @abstractmethod
+    def start(self) -> None:
+        """Build the stage (in the worker for `mp`) and start its loop; raises if the factory fails."""
+
+    @abstractmethod
+    def submit(self, message: StageInput) -> None:
+        """Hand one input to the stage; `mp` blocks while its input ring is full (back-pressure)."""
+
+    @abstractmethod
+    def drain_events(self) -> EventBatch:
+        """The stage process's events since the last drain."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the stage and release everything it holds; idempotent."""
+
+    @property
+    @abstractmethod
+    def alive(self) -> bool: ...
+
+    def in_flight(self) -> list[str]:
+        """Requests submitted and not finished: after a death, the ones the engine must fail."""
+        return self.held.ids()
+
+    def restart(self) -> None:
+        """A fresh stage (and for `mp` a fresh process and rings) after a death; held requests are forgotten."""
+        self.close()
+        self.held = _Held()
+        self.start()
+
+    def _deliver(self, out: StageOutput) -> None:
+        self.held.delivered(out)
+        try:
+            self.on_output(out)
+        except Exception:
+            log.exception("%s: on_output raised", self.name)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class UniExecutor(Executor):
+    """The stage loop in a thread of this process. `threads` is not applied: torch threads are per process."""
+
+    _thread: threading.Thread | None = None
+    _queue: queue.SimpleQueue[Any]
+
+    def start(self) -> None:
+        stage = self.factory()  # on the caller's thread, so a failing factory raises here
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, args=(stage, self._queue), name=f"{self.name}-stage", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, message: StageInput) -> None:
+        if not self.alive:
+            raise ExecutorError(f"{self.name} stage is not running")
+        self.held.submitted(message)
+        self._queue.put((message, now_ns()))
+
+    def drain_events(self) -> EventBatch:
+        return EventBatch(os.getpid(), get_recorder().process, [])
+
+    def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(STOP)
+        if thread is not threading.current_thread():
+            thread.join(timeout=10)
+            if thread.is_alive():
+                warnings.warn(f"{self.name} stage thread did not stop within 10 s (a step that hangs)", stacklevel=2)
+
+    def _run(self, stage: Any, inbox: queue.SimpleQueue[Any]) -> None:
+        rec = get_recorder()
+
+        def get(block: bool) -> Any:
+            try:
+                item = inbox.get(block)
+            except queue.Empty:
+                return None
+            if item is STOP:
+                return STOP
+            msg, sent_ns = item
+            rec.record_span(HANDOFF, TRANSPORT, sent_ns, request=msg.request_id, bytes=0)
+            return msg
+
+        try:
+            stage_loop(stage, get, self._deliver)
+        except BaseException:
+            text = traceback.format_exc()
+            if self._thread is threading.current_thread():
+                self._thread = None
+                self.on_death(f"{self.name} stage raised:\n{text}")

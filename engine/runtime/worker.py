@@ -1,0 +1,94 @@
+"""The stage loop, shared by both executors, and the worker process that runs it for `mp`.
+
+One loop: drain every pending input into the stage, step once if it has work, deliver the outputs; block on the
+inbox only when the stage has nothing to do, so an idle stage costs no CPU (no polling, no sleep).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from engine.stages.base import Stage
+from engine.stages.messages import StageOutput
+
+STOP = object()  # what an inbox returns when the loop must end (a stop message, the engine gone)
+
+StageFactory = Callable[[], Stage]
+
+
+def stage_loop(stage: Stage, get: Callable[[bool], Any], emit: Callable[[StageOutput], None]) -> None:
+    """Run `stage` until `get` returns STOP. `get(block)` returns the next input, or None when not blocking and
+    nothing is pending; it blocks only when asked to, i.e. when the stage has no work."""
+    while True:
+        item = get(not stage.has_work())
+        while item is not None:
+            if item is STOP:
+                return
+            stage.submit(item)
+            item = get(False)
+        if stage.has_work():
+            for out in stage.step():
+                emit(out)
+
+
+def worker_main(
+    factory: StageFactory,
+    name: str,
+    threads: int,
+    in_conn: Connection,
+    out_conn: Connection,
+    in_ring: str,
+    out_ring: str,
+    ring_bytes: int,
+    in_bell: Connection,
+    out_bell: Connection,
+    send_timeout_s: float,
+) -> None:
+    """The `mp` worker's entry point (spawn): build the stage here, say ready (or send the traceback), then loop.
+    `in_bell` is rung when input space is freed; `out_bell` is waited on when the output ring is full."""
+    import torch
+
+    from engine.runtime.codec import Control, Receiver, Sender, ShmRing
+    from profiling.events import get_recorder, set_process_name
+
+    set_process_name(name)
+    torch.set_num_threads(threads)
+    rec = get_recorder()
+    rings = [ShmRing(ring_bytes, in_ring), ShmRing(ring_bytes, out_ring)]
+    inbox = Receiver(in_conn, rings[0], in_bell, rec)
+    outbox = Sender(out_conn, rings[1], out_bell, rec, send_timeout_s)
+    try:
+        try:
+            stage = factory()
+        except BaseException:
+            outbox.send_control("!error", where="start", text=traceback.format_exc())
+            return
+        outbox.send_control("!ready")
+
+        def get(block: bool) -> Any:
+            while block or in_conn.poll():
+                try:
+                    msg = inbox.recv()
+                except (EOFError, OSError):
+                    return STOP  # the engine closed the pipe or died
+                if not isinstance(msg, Control):
+                    return msg
+                if msg.kind == "!stop":
+                    return STOP
+                if msg.kind == "!drain":
+                    outbox.send_control("!events", data=rec.drain_batch().to_bytes())
+            return None
+
+        try:
+            stage_loop(stage, get, outbox.send)
+        except BaseException:
+            outbox.send_control("!error", where="step", text=traceback.format_exc())
+            raise SystemExit(1) from None
+    finally:
+        for ring in rings:
+            ring.close()
+        for conn in (in_conn, out_conn, in_bell, out_bell):
+            conn.close()

@@ -1,0 +1,285 @@
+"""The runtime: both executors run the same stage to the same outputs; the shared-memory transport reuses its ring,
+waits without spinning and refuses what cannot fit; a dead worker is reported and replaced; close leaves nothing."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from multiprocessing import get_context, resource_tracker
+
+import psutil
+import pytest
+import torch
+
+from engine.model.sampling import SamplingParams
+from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, TransportError, make_executor
+from engine.runtime.codec import RING_PREFIX, Receiver, Sender, ShmRing
+from engine.stages.messages import AudioOut, Cancel, CodeChunk, StageInput, StageOutput, TalkerJob
+from profiling import events as ev
+from profiling.events import Recorder, get_recorder
+
+
+class Doubler:
+    """A fake Code2Wav: holds a request's chunks until its last one arrives, then emits one AudioOut per step
+    (samples = codes * 2 as float). Request "boom" raises in its step; request "slow" takes `slow_s`."""
+
+    name = "fake"
+
+    def __init__(self, slow_s: float = 3.0) -> None:
+        self.held: dict[str, list[CodeChunk]] = {}
+        self.ready: deque[CodeChunk] = deque()
+        self.slow_s = slow_s
+
+    def submit(self, message: StageInput) -> None:
+        if isinstance(message, Cancel):
+            self.held.pop(message.request_id, None)
+        elif isinstance(message, CodeChunk):
+            self.held.setdefault(message.request_id, []).append(message)
+            if message.is_last:
+                self.ready.extend(self.held.pop(message.request_id))
+
+    def has_work(self) -> bool:
+        return bool(self.ready)
+
+    def step(self) -> list[StageOutput]:
+        c = self.ready.popleft()
+        if c.request_id == "boom":
+            raise RuntimeError("the stage broke on purpose")
+        if c.request_id == "slow":
+            time.sleep(self.slow_s)
+        samples = c.codes.float().flatten() * 2
+        return [AudioOut(c.request_id, c.index, samples, frames=c.codes.shape[0], is_last=c.is_last)]
+
+    def in_flight(self) -> list[str]:
+        return list(self.held) + [c.request_id for c in self.ready]
+
+
+def make_broken() -> Doubler:
+    raise RuntimeError("no checkpoint at /nowhere")
+
+
+class Outputs:
+    """on_output and on_death callbacks that tests can wait on."""
+
+    def __init__(self) -> None:
+        self.items: list[StageOutput] = []
+        self.deaths: list[str] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, out: StageOutput) -> None:
+        with self.cond:
+            self.items.append(out)
+            self.cond.notify_all()
+
+    def died(self, reason: str) -> None:
+        with self.cond:
+            self.deaths.append(reason)
+            self.cond.notify_all()
+
+    def wait(self, predicate, timeout: float = 10.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, timeout), "timed out"
+
+
+def chunks(seed: int = 0) -> list[CodeChunk]:
+    """Three interleaved requests; chunks up to 307 KB so a 1 MiB ring wraps several times; an empty last chunk."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, frames in enumerate((2, 2400, 700, 2400, 16, 1900, 2400, 8)):
+        for r in ("a", "b", "c"):
+            codes = torch.randint(0, 2048, (frames, 16), generator=g)
+            out.append(CodeChunk(r, i, codes, is_last=False))
+    out += [CodeChunk(r, 8, torch.zeros(0, 16, dtype=torch.int64), is_last=True) for r in "abc"]
+    return out
+
+
+def run(kind: str, inputs: list[CodeChunk], **options) -> tuple[list[AudioOut], object]:
+    outs = Outputs()
+    ex = make_executor(kind, Doubler, outs, "fake", on_death=outs.died, **options)
+    ex.start()
+    try:
+        for m in inputs:
+            ex.submit(m)
+        outs.wait(lambda: len(outs.items) == len(inputs))
+        return sorted(outs.items, key=lambda o: (o.request_id, o.index)), ex.drain_events()
+    finally:
+        ex.close()
+
+
+def test_uni_and_mp_give_the_same_outputs_through_a_wrapping_ring():
+    inputs = chunks()
+    rec = get_recorder()
+    rec.drain()
+    uni, _ = run("uni", inputs)
+    mp, worker_events = run("mp", inputs, ring_bytes=1 << 20)
+    assert [(o.request_id, o.index, o.frames, o.is_last) for o in uni] == [
+        (o.request_id, o.index, o.frames, o.is_last) for o in mp
+    ]
+    for u, m in zip(uni, mp, strict=True):
+        assert m.samples.dtype == torch.float32 and torch.equal(u.samples, m.samples)
+    sent = sum(c.codes.numel() * 8 for c in inputs)
+    assert sent > 3 * (1 << 20)  # the input ring was reused at least three times over
+
+    # the engine side recorded the send (serialise, copy in) and the receipt of outputs (copy out, handoff) ...
+    engine = [e for e in rec.drain() if e.track == ev.TRANSPORT]
+    assert {ev.SERIALIZE, ev.COPY, ev.HANDOFF} <= {e.name for e in engine}
+    copied_in = sum(e.args["bytes"] for e in engine if e.name == ev.COPY and e.pid == os.getpid())
+    assert copied_in >= sent
+    # ... and the worker its side: every input handed off with its bytes, labelled with the stage's name
+    assert worker_events.process == "fake" and worker_events.pid != os.getpid()
+    handoffs = [e for e in worker_events.events if e.name == ev.HANDOFF]
+    assert len(handoffs) == len(inputs) and sum(e.args["bytes"] for e in handoffs) == sent
+    assert all(e.dur_ns > 0 and e.request in "abc" for e in handoffs)
+
+
+def test_talker_job_crosses_with_its_sampling_params_and_optional_tensors():
+    ctx = get_context("spawn")
+    (r, w), (bell_r, bell_w) = ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)
+    ring = ShmRing(1 << 16)
+    try:
+        job = TalkerJob(
+            "r1",
+            torch.arange(7),
+            "english",
+            SamplingParams(top_k=3),
+            seed=None,
+            credits=4,
+            x_vector=torch.randn(16, dtype=torch.bfloat16),
+            ref_codes=torch.ones(3, 16, dtype=torch.int64),
+        )
+        Sender(w, ring, bell_r, Recorder()).send(job)
+        got = Receiver(r, ring, bell_w, Recorder()).recv()
+        assert isinstance(got, TalkerJob) and got.params == SamplingParams(top_k=3) and got.instruct_ids is None
+        assert torch.equal(got.text_ids, job.text_ids) and torch.equal(got.x_vector, job.x_vector)
+        assert torch.equal(got.ref_codes, job.ref_codes)
+    finally:
+        ring.unlink()
+        for c in (r, w, bell_r, bell_w):
+            c.close()
+
+
+def test_a_full_ring_blocks_the_writer_until_space_is_freed_and_times_out_if_never():
+    ctx = get_context("spawn")
+    (r, w), (bell_r, bell_w) = ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)
+    ring, rec = ShmRing(256 << 10), Recorder()
+    sender, receiver = Sender(w, ring, bell_r, rec, timeout_s=5), Receiver(r, ring, bell_w, Recorder())
+    try:
+        big = [torch.full((100 << 10,), i, dtype=torch.uint8) for i in range(10)]
+        writer = threading.Thread(target=lambda: [sender.send(CodeChunk("r", i, t, False)) for i, t in enumerate(big)])
+        writer.start()
+        for i in range(10):
+            time.sleep(0.02)  # a slow reader
+            assert torch.equal(receiver.recv().codes, big[i])
+        writer.join()
+        assert any(e.name == ev.WAIT for e in rec.drain())
+
+        sender.timeout_s = 0.2  # nobody reads now
+        sender.send(CodeChunk("r", 0, big[0], False))
+        sender.send(CodeChunk("r", 1, big[1], False))
+        with pytest.raises(TransportError, match="receiver is stuck"):
+            sender.send(CodeChunk("r", 2, big[2], False))
+        with pytest.raises(PayloadTooLarge, match=r"307200-byte message does not fit the 262144-byte ring"):
+            sender.send(CodeChunk("r", 3, torch.zeros(300 << 10, dtype=torch.uint8), False))
+    finally:
+        ring.unlink()
+        for c in (r, w, bell_r, bell_w):
+            c.close()
+
+
+def test_an_idle_worker_uses_no_cpu_and_close_leaves_nothing_behind():
+    resource_tracker.ensure_running()  # the tracker is a long-lived child of its own, not the executor's
+    me = psutil.Process()
+    children, threads = {p.pid for p in me.children(recursive=True)}, set(threading.enumerate())
+    ours = f"{RING_PREFIX}{os.getpid()}_"  # other processes may make and drop segments meanwhile
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(ours)]
+    outs = Outputs()
+    ex = MpExecutor(Doubler, outs, "fake", on_death=outs.died, ring_bytes=1 << 20)
+    ex.start()
+    worker = psutil.Process(ex.pid)
+    assert len([n for n in os.listdir("/dev/shm") if n.startswith(ours)]) == 2  # one ring each way
+    ex.submit(CodeChunk("a", 0, torch.ones(4, 16, dtype=torch.int64), is_last=True))
+    outs.wait(lambda: len(outs.items) == 1)
+
+    worker.cpu_percent(None)
+    engine_cpu = sum(me.cpu_times()[:2])
+    time.sleep(1.0)
+    assert worker.cpu_percent(None) < 3.0  # blocked on its pipe, not polling
+    assert sum(me.cpu_times()[:2]) - engine_cpu < 0.03  # the receiver thread too
+
+    ex.close()
+    ex.close()  # idempotent
+    assert not worker.is_running() and not outs.deaths
+    assert {p.pid for p in me.children(recursive=True)} <= children
+    assert set(threading.enumerate()) <= threads
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(ours)]
+
+
+def test_a_killed_worker_is_reported_with_its_requests_and_restarted():
+    outs = Outputs()
+    ex = MpExecutor(Doubler, outs, "fake", on_death=outs.died, ring_bytes=1 << 20)
+    ex.start()
+    try:
+        small, big = torch.ones(2, 16, dtype=torch.int64), torch.zeros(2400, 16, dtype=torch.int64)  # 307 KB
+        ex.submit(CodeChunk("held", 0, small, is_last=False))
+        ex.submit(CodeChunk("done", 0, small, is_last=True))
+        outs.wait(lambda: len(outs.items) == 1)
+        ex.submit(CodeChunk("slow", 0, small, is_last=True))  # the worker is busy in this step for 3 s ...
+        errors: list[Exception] = []
+
+        def fill() -> None:  # ... so its 1 MiB input ring fills and the fourth chunk waits for space
+            try:
+                for i in range(4):
+                    ex.submit(CodeChunk("fill", i, big, is_last=False))
+            except ExecutorError as exc:
+                errors.append(exc)
+
+        filler = threading.Thread(target=fill)
+        filler.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        os.kill(ex.pid, signal.SIGKILL)
+        outs.wait(lambda: outs.deaths, timeout=2.0)
+        filler.join(timeout=2.0)
+        assert time.monotonic() - t0 < 2.0
+        assert "SIGKILL" in outs.deaths[0] and sorted(ex.in_flight()) == ["fill", "held", "slow"]
+        assert errors and "died while a submit waited" in str(errors[0])
+        with pytest.raises(ExecutorError, match="not running"):
+            ex.submit(Cancel("held"))
+
+        ex.restart()
+        ex.submit(CodeChunk("next", 0, torch.ones(2, 16, dtype=torch.int64), is_last=True))
+        outs.wait(lambda: len(outs.items) == 2)
+        assert outs.items[1].request_id == "next" and ex.in_flight() == []
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize("kind", ["uni", "mp"])
+def test_a_stage_that_raises_in_step_is_a_death_with_its_traceback(kind):
+    outs = Outputs()
+    ex = make_executor(kind, functools.partial(Doubler, slow_s=0.1), outs, "fake", on_death=outs.died)
+    ex.start()
+    try:
+        ex.submit(CodeChunk("boom", 0, torch.ones(1, 16, dtype=torch.int64), is_last=True))
+        outs.wait(lambda: outs.deaths)
+        assert "the stage broke on purpose" in outs.deaths[0] and ex.in_flight() == ["boom"]
+    finally:
+        ex.close()
+
+
+@pytest.mark.parametrize("kind", ["uni", "mp"])
+def test_a_factory_that_raises_fails_start_with_its_message(kind):
+    ex = make_executor(kind, make_broken, Outputs(), "fake")
+    with pytest.raises((ExecutorError, RuntimeError), match="no checkpoint at /nowhere"):
+        ex.start()
+    assert not ex.alive
+    ex.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(pytest.main([__file__, *sys.argv[1:]]))
