@@ -210,3 +210,13 @@ def test_close_leaves_no_process_thread_or_shared_memory(checkpoints, clips) -> 
     assert {t for t in threading.enumerate() if t.is_alive()} - threads_before == set()
     with pytest.raises(EngineError, match="closed"):
         engine.synthesize(clone(clips, frames=3))
+
+
+def test_a_second_request_with_the_same_clip_skips_the_encoders(checkpoints, clips) -> None:
+    with Engine(engine_config(checkpoints["base"])) as engine:
+        first = engine.synthesize(clone(clips, frames=4))
+        assert (engine.prep.voices.hits, engine.prep.voices.misses) == (0, 1)
+        again = engine.synthesize(clone(clips, frames=4))
+        assert (engine.prep.voices.hits, engine.prep.voices.misses) == (1, 1)
+        np.testing.assert_array_equal(again.wav, first.wav)
+        assert 0 < engine.prep.voices.bytes <= engine.config.voice_cache_mb * 2**20
