@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from engine.model.config import CodePredictorConfig, Qwen3TTSConfig, SpeakerEncoderConfig, TalkerConfig
 from engine.model.talker import Talker
+from engine.model.tiny import randomize_
 
 TTS_PAD, TTS_BOS, TTS_EOS = 197, 198, 199  # text special ids remapped into the small text vocabulary
 
@@ -60,16 +59,11 @@ def tiny_config(tts_model_size: str = "1b7", predictor_hidden: int = 32) -> Qwen
 
 
 def tiny_talker(seed: int = 0, eos_scale: float = 1.0, cfg: Qwen3TTSConfig | None = None) -> Talker:
-    """Weights ~ N(0, 1/fan_in) (norms near 1), so logits have clear margins; eos_scale > 1 makes EOS likely."""
+    """The tiny builder's seeded weights (clear logit margins); eos_scale > 1 makes EOS likely."""
     cfg = cfg or tiny_config()
     talker = Talker(cfg.talker_config).eval()
-    g = torch.Generator().manual_seed(seed)
+    randomize_(talker, torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        for name, p in talker.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
-            else:
-                p.copy_((1.0 if name.endswith("norm.weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
         talker.codec_head.weight[cfg.talker_config.codec_eos_token_id] *= eos_scale
     return talker
 
