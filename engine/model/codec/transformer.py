@@ -12,18 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.model.config import CodecDecoderConfig
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+from engine.model.layers import RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq
 
 
 class LayerScale(nn.Module):
@@ -60,7 +49,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2)
         keep = k_cache.shape[2]
         k_cache, v_cache = k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :]
@@ -69,12 +58,6 @@ class Attention(nn.Module):
             v = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), k_cache, v_cache
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE in the rotate-half layout; cos/sin (B, 1, T, head_dim)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class Mlp(nn.Module):
@@ -125,7 +108,7 @@ class PreTransformer(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.output_proj = nn.Linear(cfg.hidden_size, cfg.latent_dim)
-        self.head_dim, self.rope_theta = cfg.head_dim, cfg.rope_theta
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
 
     def forward(
         self, x: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
@@ -134,10 +117,7 @@ class PreTransformer(nn.Module):
         t, past = x.shape[1], self.window - 1
         q_pos = pos[:, None] + torch.arange(t, device=x.device)  # (B, T) absolute positions of the new frames
         # rope in fp32 whatever the weights' dtype, as upstream
-        exponent = torch.arange(0, self.head_dim, 2, device=x.device).float() / self.head_dim
-        freqs = q_pos[:, :, None].float() * (1.0 / self.rope_theta**exponent)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = rope_cos_sin(q_pos, self.inv_freq, x.dtype)
         # sliding-window mask over [cache (window - 1 slots), new frames]; cache slots before position 0 are empty
         k_pos = pos[:, None] - past + torch.arange(past + t, device=x.device)  # (B, past + T)
         offset = q_pos[:, :, None] - k_pos[:, None, :]
