@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -132,7 +134,8 @@ def test_tensorboard_profiler_plugin_lists_the_run(captured, tmp_path: Path):
     ]
     api = f"http://127.0.0.1:{port}/data/plugin/pytorch_profiler"
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # its own session: the plugin starts worker processes, and the whole group must go at the end
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             runs: list[str] = []
             deadline = time.monotonic() + 90
@@ -145,7 +148,7 @@ def test_tensorboard_profiler_plugin_lists_the_run(captured, tmp_path: Path):
             assert "Trace" in _get_json(f"{api}/views?run=run1")
             assert _get_json(f"{api}/workers?run=run1&view=Overview") == ["talker"]
         finally:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
 
 
