@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ from profiling.events import (
     merge_timelines,
     now_ns,
 )
+
+if TYPE_CHECKING:
+    from profiling.trace import TorchCapture, TorchTrace
 
 STAGE_RESTART_TIMEOUT_S = 600.0
 
@@ -94,6 +98,7 @@ class Engine:
         self._lock = threading.Lock()
         self._closed = False
         self.recorder = get_recorder()
+        self._capture: TorchCapture | None = None
         self._stages: dict[str, Executor] = {}
         self._ready: dict[str, threading.Event] = {}  # cleared while a dead stage's worker is being replaced
         try:
@@ -200,11 +205,60 @@ class Engine:
         batches += [s.drain_events() for s in self._stages.values() if s.alive]
         return merge_timelines(b for b in batches if isinstance(b, EventBatch))
 
+    # -- profiling controls ----------------------------------------------------------------------------------------
+
+    def worker_pids(self) -> dict[str, int]:
+        """Stage name -> pid of its worker process (`mp` stages only; `uni` stages run in this process)."""
+        return {kind: pid for kind, s in self._stages.items() if s.alive and (pid := s.pid) is not None}
+
+    def set_recording(self, enabled: bool) -> None:
+        """Event recording on or off in every engine process (on by default; off measures what it costs)."""
+        self.recorder.enabled = enabled
+        for stage in self._stages.values():
+            stage.set_recording(enabled)
+
+    def start_capture(self, run_dir: str | Path) -> Path:
+        """torch.profiler in every process that runs a stage; traces go to `<run_dir>/tb/<process>.<ns>.pt.trace.json`
+        (TensorBoard's profiler plugin: logdir `run_dir`, run `tb`). Returns the tb folder."""
+        from torch._C._profiler import _ExperimentalConfig
+
+        from profiling.trace import TorchCapture
+
+        if self._capture is not None:
+            raise EngineError("a torch.profiler capture is already running")
+        tb_dir = Path(run_dir) / "tb"
+        self._capture = TorchCapture(tb_dir, "engine", self.recorder)
+        # `uni` stages are threads started before the capture: only a profiler on all threads sees their ops
+        self._capture.options["experimental_config"] = _ExperimentalConfig(profile_all_threads=True)
+        self._capture.start()
+        try:
+            for stage in self._stages.values():
+                stage.start_capture(str(tb_dir))
+        except BaseException:
+            self.stop_capture()
+            raise
+        return tb_dir
+
+    def stop_capture(self) -> list[TorchTrace]:
+        """Stop every capture started by `start_capture`; the traces, for `profiling.trace.chrome_trace`."""
+        capture, self._capture = self._capture, None
+        if capture is None:
+            return []
+        traces = [capture.stop()]
+        for stage in self._stages.values():
+            trace = stage.stop_capture()
+            if trace is not None:
+                traces.append(trace)
+        return traces
+
     def close(self) -> None:
         """Fail whatever is in flight, stop every stage (workers, threads, shared memory) and remove temp files."""
         with self._lock:
             self._closed = True
             streams, self._streams = dict(self._streams), {}
+        if self._capture is not None:  # a capture left running: stop this process's profiler
+            self._capture.stop()
+            self._capture = None
         for stream in streams.values():
             stream.put(EngineError("the engine was closed"))
         for executor in self._stages.values():

@@ -30,6 +30,7 @@ from engine.runtime.codec import DEFAULT_RING_BYTES
 from engine.runtime.worker import STOP, StageFactory, stage_loop
 from engine.stages.messages import Cancel, CodeChunk, Failed, StageInput, StageOutput, TalkerJob
 from profiling.events import HANDOFF, TRANSPORT, EventBatch, get_recorder, now_ns
+from profiling.trace import TorchTrace
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,24 @@ class Executor(ABC):
     @property
     @abstractmethod
     def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None:
+        """The stage's own process, or None when it runs in the engine's (`uni`)."""
+        return None
+
+    # profiling controls: a `uni` stage shares the engine process's recorder and profiler, so they do nothing here
+    def set_recording(self, enabled: bool) -> None:
+        """Turn event recording on or off in the stage's process."""
+        return None
+
+    def start_capture(self, tb_dir: str) -> None:
+        """Start torch.profiler in the stage's process, writing into `tb_dir` (the TensorBoard run folder)."""
+        return None
+
+    def stop_capture(self) -> TorchTrace | None:
+        """Stop it; the trace written, or None when the stage has no process of its own."""
+        return None
 
     def in_flight(self) -> list[str]:
         """Requests submitted and not finished: after a death, the ones the engine must fail."""

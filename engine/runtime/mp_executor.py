@@ -17,6 +17,7 @@ from engine.runtime.executor import Executor, ExecutorError
 from engine.runtime.worker import worker_main
 from engine.stages.messages import StageInput
 from profiling.events import EventBatch, get_recorder
+from profiling.trace import TorchTrace, torch_trace_from_dict
 
 
 @dataclass
@@ -28,7 +29,7 @@ class _Worker:
     receiver: Receiver
     rings: tuple[ShmRing, ShmRing]
     conns: list[Connection]
-    events: queue.SimpleQueue[bytes | None] = field(default_factory=queue.SimpleQueue)
+    replies: queue.SimpleQueue[Control | None] = field(default_factory=queue.SimpleQueue)  # to `_ask`
     thread: threading.Thread | None = None
     error: str = ""
     closing: bool = False
@@ -50,8 +51,10 @@ class MpExecutor(Executor):
     """The stage loop in a spawned worker process; tensors cross through two shared-memory rings."""
 
     _w: _Worker | None = None
+    _ask_lock: threading.Lock  # one control question at a time (set in start)
 
     def start(self) -> None:
+        self._ask_lock = threading.Lock()
         ctx = mp.get_context("spawn")
         rings = (ShmRing(self.ring_bytes), ShmRing(self.ring_bytes))
         in_r, in_w = ctx.Pipe(duplex=False)  # headers, engine -> worker
@@ -137,15 +140,35 @@ class MpExecutor(Executor):
         """The worker's events since the last drain (served between two steps); empty if the worker is gone."""
         w = self._w
         empty = EventBatch(w.proc.pid if w else -1, self.name, [])
+        reply = self._ask("!drain", timeout_s)
+        return empty if reply is None else EventBatch.from_bytes(reply.fields["data"])
+
+    def set_recording(self, enabled: bool, timeout_s: float = 30.0) -> None:
+        self._ask("!recording", timeout_s, enabled=enabled)
+
+    def start_capture(self, tb_dir: str, timeout_s: float = 60.0) -> None:
+        self._ask("!capture_start", timeout_s, tb_dir=tb_dir)
+
+    def stop_capture(self, timeout_s: float = 120.0) -> TorchTrace | None:
+        reply = self._ask("!capture_stop", timeout_s)
+        trace = reply.fields.get("trace") if reply is not None else None
+        return torch_trace_from_dict(trace) if trace else None
+
+    def _ask(self, kind: str, timeout_s: float, **fields: Any) -> Control | None:
+        """Send a control and wait for its reply (served between two steps); None if the worker is gone."""
+        w = self._w
         if w is None or not w.proc.is_alive():
-            return empty
-        with self._lock:
-            w.sender.send_control("!drain")
-        try:
-            data = w.events.get(timeout=timeout_s)
-        except queue.Empty:
-            raise ExecutorError(f"{self.name} worker did not return its events within {timeout_s:.0f} s") from None
-        return empty if data is None else EventBatch.from_bytes(data)
+            return None
+        with self._ask_lock:  # one question at a time, so replies pair with questions
+            with self._lock:
+                w.sender.send_control(kind, **fields)
+            try:
+                reply = w.replies.get(timeout=timeout_s)
+            except queue.Empty:
+                raise ExecutorError(f"{self.name} worker did not answer {kind} within {timeout_s:.0f} s") from None
+        if reply is not None and "error" in reply.fields:
+            raise ExecutorError(f"{self.name} worker: {kind} failed: {reply.fields['error']}")
+        return reply
 
     def close(self) -> None:
         """Stop the worker (politely, then terminate, then kill), join the receiver, close pipes, unlink rings."""
@@ -196,11 +219,11 @@ class MpExecutor(Executor):
                 break
             if not isinstance(msg, Control):
                 self._deliver(msg)
-            elif msg.kind == "!events":
-                w.events.put(msg.fields["data"])
+            elif msg.kind in ("!events", "!reply"):
+                w.replies.put(msg)
             elif msg.kind == "!error":
                 w.error = msg.fields["text"]
-        w.events.put(None)  # wake a drain_events waiting on a dead worker
+        w.replies.put(None)  # wake an `_ask` waiting on a dead worker
         w.proc.join(timeout=1)
         if not w.closing:
             reason = f"{self.name} worker (pid {w.proc.pid}) {_exit_reason(w.proc)}"

@@ -34,6 +34,30 @@ def stage_loop(stage: Stage, get: Callable[[bool], Any], emit: Callable[[StageOu
                 emit(out)
 
 
+def _profile_control(kind: str, fields: dict[str, Any], name: str, rec: Any, capture: dict[str, Any]) -> dict:
+    """Profiling controls, served between two steps: "!recording" (events on/off), "!capture_start" (torch.profiler
+    into `tb_dir`), "!capture_stop" (-> the trace as a dict). The reply carries `error` when the control failed."""
+    from dataclasses import asdict
+
+    from profiling.trace import TorchCapture
+
+    try:
+        if kind == "!recording":
+            rec.enabled = bool(fields["enabled"])
+        elif kind == "!capture_start":
+            if "torch" not in capture:
+                capture["torch"] = TorchCapture(fields["tb_dir"], name, rec)
+                capture["torch"].start()
+        elif kind == "!capture_stop":
+            tc = capture.pop("torch", None)
+            return {"trace": asdict(tc.stop()) if tc is not None else None}
+        else:
+            return {"error": f"unknown control {kind}"}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {}
+
+
 def worker_main(
     factory: StageFactory,
     name: str,
@@ -57,6 +81,7 @@ def worker_main(
     set_process_name(name)
     torch.set_num_threads(threads)
     rec = get_recorder()
+    capture: dict[str, Any] = {}  # the running TorchCapture, if any
     rings = [ShmRing(ring_bytes, in_ring), ShmRing(ring_bytes, out_ring)]
     inbox = Receiver(in_conn, rings[0], in_bell, rec)
     outbox = Sender(out_conn, rings[1], out_bell, rec, send_timeout_s)
@@ -80,6 +105,8 @@ def worker_main(
                     return STOP
                 if msg.kind == "!drain":
                     outbox.send_control("!events", data=rec.drain_batch().to_bytes())
+                else:
+                    outbox.send_control("!reply", **_profile_control(msg.kind, msg.fields, name, rec, capture))
             return None
 
         try:

@@ -1,0 +1,79 @@
+"""The benchmark runner: a small concurrency sweep against the embedded engine and against our own HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+import yaml
+
+from engine import Engine, EngineConfig
+from profiling import bench
+from profiling.prompts import PromptSet
+from profiling.speech_client import run_requests, speech_url
+from ui.server import ApiLimits, create_server
+
+FRAMES = 6
+SWEEP = ["--concurrency", "1", "2", "--requests-per-level", "2", "--warmup", "1"]
+SWEEP += ["--max-new-tokens", str(FRAMES + 1), "--prompts", "en_short", "zh_short"]
+
+
+def check_outputs(out: Path, series: list[str]) -> list[dict]:
+    doc = json.loads((out / "bench.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    rows = list(csv.DictReader((out / "bench.csv").open()))
+    assert [(r["series"], int(r["concurrency"])) for r in rows] == [(s, c) for c in (1, 2) for s in series]
+    for level in doc["levels"]:
+        assert level["errors"] == 0, level["error_messages"]
+        assert level["requests"] == 2
+        assert level["audio_s"] == pytest.approx(2 * FRAMES * 0.08)  # every sample of every stream counted
+        assert 0 < level["ttfa_s_p50"] <= level["e2e_s_p50"]
+    page = (out / "bench.html").read_text()
+    assert "Plotly.newPlot" in page and "<script src=" not in page  # plotly.js inlined: opens offline
+    return doc["levels"]
+
+
+def test_a_sweep_against_the_embedded_engine_with_recording_on_and_off(checkpoints, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": str(checkpoints["base"]), "talker": {"max_num_seqs": 4}}))
+    result = bench.main(["--config", str(config), *SWEEP, "--recording", "both", "--out", str(tmp_path / "out")])
+    check_outputs(tmp_path / "out", ["tiny · recording on", "tiny · recording off"])
+    assert set(result.recording_cost()) == {1, 2}
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints):
+    """Our HTTP server over a tiny engine, on a free loopback port, in a thread."""
+    with Engine(EngineConfig(model=str(checkpoints["base"]))) as engine:
+        app = create_server(engine, ApiLimits(max_in_flight=4))
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not srv.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        port = srv.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_sweep_against_our_http_server(server: str, tmp_path: Path) -> None:
+    bench.main(["--url", server, *SWEEP, "--label", "ours", "--out", str(tmp_path)])
+    check_outputs(tmp_path, ["ours"])
+
+
+def test_a_refused_request_is_an_error_of_the_level_not_a_crash(server: str) -> None:
+    job = PromptSet.load().jobs(1)[0]
+    good = job.http_body("voice_clone", max_new_tokens=3)
+    bad = {**good, "language": "klingon"}
+    (ok, refused), _ = asyncio.run(run_requests(speech_url(server), [good, bad], concurrency=2))
+    assert ok.error is None and sum(ok.samples) == 2 * 1920 and len(ok.audio()) == 2 * 1920
+    assert refused.error.startswith("HTTP 400") and "language" in refused.error
+    assert refused.metrics(24000) is None
