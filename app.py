@@ -1,13 +1,16 @@
-"""Voxtrace entry point. Until the Gradio app lands (issue 5) it synthesises one request from the command line.
+"""Voxtrace entry point: the Gradio app and the HTTP API on one port, or one synthesis from the command line.
 
-python app.py --text "Hello." --out hello.wav                        # the embedded tiny model (noise, real timings)
-python app.py --model Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice --speaker Vivian --text "Hello." --out hello.wav
-python app.py --model ./Qwen3-TTS-12Hz-0.6B-Base --ref-audio me.wav --ref-text "What I said." --text "Hi."
+python app.py                                            # the app, with the embedded tiny model (noise, real timings)
+python app.py --model ./Qwen3-TTS-12Hz-0.6B-Base         # a checkpoint folder (or a Hub id, downloaded when online)
+python app.py --config configs/tiny-mp-mp.yaml --host 0.0.0.0 --port 7860
+python app.py synth --text "Hello." --out hello.wav      # one request, no server
+python app.py synth --model ./Qwen3-TTS-12Hz-0.6B-Base --ref-audio me.wav --ref-text "What I said." --text "Hi."
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -16,6 +19,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
+from engine.config import EngineConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
@@ -24,8 +28,44 @@ from engine.model.tiny import build_checkpoint
 REFERENCE_MAX_SECONDS = 30.0
 
 
+def parse_serve_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Serve the Voxtrace app and HTTP API (`app.py synth --help`: one request).")
+    p.add_argument("--model", help="checkpoint folder or Hub id; default: the embedded tiny random model")
+    p.add_argument("--config", type=Path, help="engine config YAML (configs/); --model overrides its model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    return p.parse_args(argv)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    config = EngineConfig.from_yaml(args.config) if args.config else EngineConfig()
+    if args.model:
+        device = config.device if args.config else "cuda" if torch.cuda.is_available() else "cpu"
+        config = dataclasses.replace(config, model=args.model, device=device)
+    return config
+
+
+def serve(argv: list[str]) -> int:
+    import uvicorn
+
+    from ui.app import create_app
+    from ui.state import EngineManager
+
+    args = parse_serve_args(argv)
+    config = engine_config(args)
+    if config.model is None:
+        print("No --model: the embedded tiny model with RANDOM weights. The audio is noise; the timings are real.",
+              file=sys.stderr)  # fmt: skip
+    manager = EngineManager(config)
+    try:
+        uvicorn.run(create_app(manager), host=args.host, port=args.port, log_level="warning")
+    finally:
+        manager.close()
+    return 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Synthesise speech with Qwen3-TTS (Voxtrace).")
+    p = argparse.ArgumentParser(prog="app.py synth", description="Synthesise speech with Qwen3-TTS (Voxtrace).")
     p.add_argument("--model", help="checkpoint folder or Hub id; default: the embedded tiny random model")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: fp32 on CPU, bf16 on CUDA")
@@ -42,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def synth(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model_path = args.model
     if model_path is None:
@@ -84,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(RTF {elapsed / max(seconds, 1e-9):.2f})"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["synth"]:
+        return synth(argv[1:])
+    return serve(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,251 @@
+"""The OpenAI-compatible speech API: `POST /v1/audio/speech` and `GET /v1/models`, over one `engine.Engine`.
+
+A body (`ui.api_schema.SpeechBody`) is mapped to an `engine.SpeechRequest` and admitted only while fewer than
+`ApiLimits.max_in_flight` requests run (past that: 429 at once, never an unbounded queue). The first audio chunk is
+awaited before any status is sent, so a request the engine refuses gets a 4xx naming the field, and a stream that does
+start carries its seed and time to first audio in its headers. A client that goes away mid-request cancels it, which
+frees its slots in every stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from engine import AudioChunk, Engine, EngineError, RequestError
+from ui.api_schema import ApiError, SpeechBody, busy_error, engine_error, to_speech_request
+from ui.audio_formats import CONTENT_TYPES, FORMATS, encode, to_pcm16, wav_stream_header
+
+__all__ = ["ApiError", "ApiLimits", "SpeechApi"]
+
+log = logging.getLogger("voxtrace.api")
+
+
+@dataclass
+class ApiLimits:
+    """What the HTTP layer admits; text length and clip duration are the engine's own limits (`LimitsConfig`)."""
+
+    max_body_bytes: int = 10 * 2**20  # larger bodies get 413 before they are parsed
+    max_in_flight: int = 8  # requests generating at once; one more gets 429 at once
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+
+
+class Gate:
+    """Admission by count: a request takes a place or is refused at once (no waiting room)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def try_enter(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class AudioStream(StreamingResponse):
+    """A streaming response that always runs `on_close` (leave the gate, close the engine's iterator, which cancels an
+    unfinished request), whether the stream ends, fails, or the client disconnects."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
+
+
+def model_id(engine: Engine) -> str:
+    """The served model's name: the Hub id or folder name it was loaded from (the tiny model: `tiny-<task>`)."""
+    if engine.config.model is None:
+        return f"tiny-{engine.config.tiny_task}"
+    name = engine.config.model
+    return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
+
+
+def timing_headers(request_id: str, first: AudioChunk) -> dict[str, str]:
+    return {
+        "x-voxtrace-request-id": request_id,
+        "x-voxtrace-seed": "none" if first.seed is None else str(first.seed),
+        "x-voxtrace-time-to-first-audio-ms": f"{(first.emitted_ns - first.submitted_ns) / 1e6:.1f}",
+    }
+
+
+class SpeechApi:
+    """The routes over one engine; `router` is included by `ui.server.create_server` under /v1."""
+
+    def __init__(self, engine: Engine, limits: ApiLimits) -> None:
+        self.engine, self.limits = engine, limits
+        self.gate = Gate(limits.max_in_flight)
+        self.created = int(time.time())
+        self.router = APIRouter(prefix="/v1")
+        self.router.add_api_route("/models", self.models, methods=["GET"])
+        self.router.add_api_route("/audio/speech", self.speech, methods=["POST"], response_class=Response)
+        # last: the rest of /v1 is ours too, so an app mounted at "/" (Gradio) never answers for it
+        any_method = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        self.router.add_api_route("/{path:path}", self.not_found, methods=any_method, include_in_schema=False)
+
+    async def models(self) -> dict[str, Any]:
+        model = self.engine.model
+        entry = {
+            "id": model_id(self.engine),
+            "object": "model",
+            "created": self.created,
+            "owned_by": "voxtrace",
+            "root": self.engine.checkpoint,
+            "task_type": model.task,
+            "languages": model.languages,
+            "speakers": model.speakers,
+            "sample_rate": model.sample_rate,
+            "response_formats": list(FORMATS),
+        }
+        return {"object": "list", "data": [entry]}
+
+    async def not_found(self, path: str) -> None:
+        raise ApiError(404, f"no such endpoint: /v1/{path}", code="not_found")
+
+    async def speech(self, body: SpeechBody, request: Request) -> Response:
+        served = model_id(self.engine)
+        if body.model not in (None, "", served, self.engine.checkpoint):
+            raise ApiError(
+                404,
+                f"model: {body.model!r} is not served here; this server serves {served!r}",
+                "model",
+                "model_not_found",
+            )
+        speech = to_speech_request(body, self.engine.model)
+        if not self.gate.try_enter():
+            raise busy_error(f"the server is busy: {self.gate.limit} requests in flight; try again shortly")
+        chunks = self.engine.generate(speech)
+        left = False
+
+        async def close() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                self.gate.leave()
+            await chunks.aclose()  # cancels the request in every stage if it has not finished
+
+        try:
+            first = await anext(chunks)
+        except BaseException as exc:
+            await close()
+            if isinstance(exc, (RequestError, EngineError)):
+                raise engine_error(exc) from exc
+            if isinstance(exc, StopAsyncIteration):
+                raise engine_error(EngineError("the engine returned no audio")) from exc
+            raise
+        headers = timing_headers(speech.request_id, first)
+        fmt = body.response_format
+        if body.stream_format == "sse":
+            content = self._sse(first, chunks, fmt)
+            return AudioStream(content, close, media_type="text/event-stream", headers=headers)
+        if body.stream:
+            content = self._audio(first, chunks, fmt)
+            return AudioStream(content, close, media_type=CONTENT_TYPES[fmt], headers=headers)
+        try:
+            rest = await until_disconnect(request, collect(chunks))
+        except (RequestError, EngineError) as exc:
+            raise engine_error(exc) from exc
+        finally:
+            await close()
+        if rest is None:  # the client went away; the request was cancelled
+            return Response(status_code=499)
+        every = [first, *rest]
+        audio = encode(np.concatenate([c.samples for c in every]), first.sample_rate, fmt)
+        last = every[-1]
+        frames = sum(c.frames for c in every)
+        headers.update(
+            {
+                "x-voxtrace-frames": str(frames),
+                "x-voxtrace-audio-seconds": f"{last.start_sample / first.sample_rate + last.duration:.3f}",
+                "x-voxtrace-total-ms": f"{(last.emitted_ns - first.submitted_ns) / 1e6:.1f}",
+            }
+        )
+        log.info(
+            "speech %s: %d frames, first audio %s ms, total %s ms",
+            speech.request_id,
+            frames,
+            headers["x-voxtrace-time-to-first-audio-ms"],
+            headers["x-voxtrace-total-ms"],
+        )
+        return Response(audio, media_type=CONTENT_TYPES[fmt], headers=headers)
+
+    @staticmethod
+    async def _audio(first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str) -> AsyncIterator[bytes]:
+        """Raw s16le, or a streaming WAV (header with unknown sizes, then the same PCM); one write per engine chunk.
+        An engine failure mid-stream propagates, so the server aborts the response rather than end it cleanly."""
+        head = wav_stream_header(first.sample_rate) if fmt == "wav" else b""
+        yield head + to_pcm16(first.samples)
+        async for chunk in chunks:
+            if len(chunk.samples):
+                yield to_pcm16(chunk.samples)
+
+    @staticmethod
+    async def _sse(first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str) -> AsyncIterator[bytes]:
+        """OpenAI's speech SSE: `speech.audio.delta` events with base64 audio, then `speech.audio.done` (or `error`)."""
+
+        def event(payload: dict[str, Any]) -> bytes:
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        frames = first.frames
+        try:
+            head = wav_stream_header(first.sample_rate) if fmt == "wav" else b""
+            yield event(
+                {"type": "speech.audio.delta", "audio": base64.b64encode(head + to_pcm16(first.samples)).decode()}
+            )
+            async for chunk in chunks:
+                frames += chunk.frames
+                yield event({"type": "speech.audio.delta", "audio": base64.b64encode(to_pcm16(chunk.samples)).decode()})
+        except (RequestError, EngineError) as exc:
+            yield event({"type": "error", **engine_error(exc).body()})
+            return
+        yield event({"type": "speech.audio.done", "usage": {"output_tokens": frames, "total_tokens": frames}})
+
+
+async def collect(chunks: AsyncIterator[AudioChunk]) -> list[AudioChunk]:
+    return [chunk async for chunk in chunks]
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """`work`'s result, or None if the client disconnected first (then `work` is cancelled)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    return task.result() if not task.cancelled() else None

@@ -1,0 +1,258 @@
+"""Synthesize: one request, its audio streamed into our player as it is made, and the run's profile beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from engine import EngineConfig, RequestError, SpeechRequest
+from engine.config import ChunkingConfig, ConfigError
+from engine.model.sampling import SamplingParams
+from engine.request import EngineError
+from ui.player import PLAYER_JS, PLAYER_TEMPLATE
+from ui.profiled import run_requests
+from ui.state import EngineManager, RunRecord, SavedVoice, describe
+from ui.views.render import figures, request_cards
+
+NO_VOICE = "(upload or record a clip)"
+
+
+@dataclasses.dataclass
+class EngineSettings:
+    """The engine settings the page exposes; the rest of the config stays as loaded."""
+
+    talker_executor: str
+    code2wav_executor: str
+    max_num_seqs: int
+    first_chunk_frames: int
+    chunk_frames: int
+
+    def apply(self, config: EngineConfig) -> EngineConfig:
+        return dataclasses.replace(
+            config,
+            talker=dataclasses.replace(config.talker, executor=self.talker_executor, max_num_seqs=self.max_num_seqs),
+            code2wav=dataclasses.replace(config.code2wav, executor=self.code2wav_executor),
+            chunking=ChunkingConfig(self.first_chunk_frames, self.chunk_frames),
+        )
+
+
+def settings_of(config: EngineConfig) -> EngineSettings:
+    return EngineSettings(
+        config.talker.executor,
+        config.code2wav.executor,
+        config.talker.max_num_seqs,
+        config.chunking.first_chunk_frames,
+        config.chunking.chunk_frames,
+    )
+
+
+def engine_controls(config: EngineConfig) -> list[gr.components.Component]:
+    """Executor per stage and the main engine settings (shared by the Synthesize and Compare views)."""
+    s = settings_of(config)
+    with gr.Row():
+        talker = gr.Radio(["uni", "mp"], value=s.talker_executor, label="talker executor")
+        code2wav = gr.Radio(["uni", "mp"], value=s.code2wav_executor, label="code2wav executor")
+    with gr.Row():
+        seqs = gr.Slider(1, 32, value=s.max_num_seqs, step=1, label="talker max_num_seqs")
+        first = gr.Slider(1, 16, value=s.first_chunk_frames, step=1, label="first chunk (frames of 80 ms)")
+        steady = gr.Slider(1, 32, value=s.chunk_frames, step=1, label="chunk (frames)")
+    return [talker, code2wav, seqs, first, steady]
+
+
+def _read_clip(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def build_request(
+    manager: EngineManager,
+    task: str,
+    text: str,
+    language: str,
+    ref_audio: str | None,
+    ref_text: str,
+    x_vector_only: bool,
+    saved_voice: str | None,
+    speaker: str | None,
+    instruct: str,
+    do_sample: bool,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    max_new_tokens: int,
+    seed: float | None,
+) -> SpeechRequest:
+    clip, transcript = _read_clip(ref_audio), ref_text or None
+    if task == "voice_clone" and clip is None and saved_voice in manager.voices:
+        voice = manager.voices[saved_voice]
+        clip, transcript, x_vector_only = voice.clip, voice.ref_text, voice.x_vector_only
+    try:
+        sampling = SamplingParams(
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=int(top_k),
+            top_p=top_p,
+            subtalker_dosample=do_sample,
+            subtalker_temperature=temperature,
+            subtalker_top_k=int(top_k),
+            subtalker_top_p=top_p,
+            max_new_tokens=int(max_new_tokens),
+        )
+    except ValueError as exc:
+        raise RequestError("sampling", str(exc)) from exc
+    return SpeechRequest(
+        text=text,
+        task=task,
+        language=language or "auto",
+        speaker=(speaker or None) if task == "custom_voice" else None,
+        instruct=(instruct or None) if task != "voice_clone" else None,
+        ref_audio=clip if task == "voice_clone" else None,
+        ref_text=transcript if task == "voice_clone" and not x_vector_only else None,
+        x_vector_only=x_vector_only,
+        sampling=sampling,
+        seed=None if seed is None or seed < 0 else int(seed),
+    )
+
+
+async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """Outputs: player stream URL, metric cards, seed used, timeline, utilization, overhead, downloads, status."""
+    *request_args, talker, code2wav, seqs, first, steady, torch_capture = args
+    task = request_args[0]
+    skip = gr.skip()
+    try:
+        settings = EngineSettings(talker, code2wav, int(seqs), int(first), int(steady))
+        config = manager.config_for_task(task, settings.apply(manager.config))
+    except ConfigError as exc:
+        raise gr.Error(f"engine settings: {exc}") from exc
+    if config != manager.config:
+        yield (skip,) * 7 + (f"Starting the engine: {describe(config)} …",)
+    engine = await asyncio.to_thread(manager.switch, config)
+    try:
+        request = build_request(manager, *request_args)
+    except RequestError as exc:
+        raise gr.Error(str(exc)) from exc
+    stream = manager.streams.open(engine.model.sample_rate)
+    yield (stream.url,) + (skip,) * 6 + ("Generating …",)
+    run_id, run_dir = manager.new_run_dir("synthesize")
+    try:
+        outcome = await run_requests(
+            engine,
+            [request],
+            run_dir,
+            label=run_id,
+            on_chunk=lambda c: stream.push(c.samples),
+            torch_capture=bool(torch_capture),
+        )
+    except (RequestError, EngineError) as exc:
+        raise gr.Error(str(exc)) from exc
+    finally:
+        stream.close()
+    if outcome.errors or not outcome.requests:  # the runner reports a failed request instead of raising
+        raise gr.Error(outcome.errors.get(request.request_id, "the request produced no audio"))
+    seed = outcome.seeds[request.request_id]
+    metrics = outcome.requests[0]
+    record = manager.add_run(
+        RunRecord(
+            run_id,
+            "synthesize",
+            request.text[:60],
+            describe(config),
+            time.time(),
+            [outcome],
+            [str(p) for p in outcome.files.values()],
+            {"task": task, "seed": seed, "ttfa_s": metrics.ttfa_s, "rtf": metrics.rtf, "audio_s": metrics.audio_s},
+        )
+    )
+    timeline, util, overhead = figures(outcome)
+    status = f"Run {record.id} on {record.config}. Seed {seed}: set it above to repeat this run."
+    yield (stream.url, request_cards(metrics, seed), seed, timeline, util, overhead, record.files, status)
+
+
+def save_voice(manager: EngineManager, name: str, ref_audio: str | None, ref_text: str, x_vector_only: bool) -> Any:
+    if not name.strip():
+        raise gr.Error("Give the voice a name.")
+    clip = _read_clip(ref_audio)
+    if clip is None:
+        raise gr.Error("Upload or record a reference clip first.")
+    manager.save_voice(SavedVoice(name.strip(), clip, ref_text or None, x_vector_only))
+    return gr.update(choices=[NO_VOICE, *manager.voices], value=name.strip())
+
+
+def on_task(manager: EngineManager, task: str) -> tuple[Any, Any, str]:
+    """Load the engine for the task (the tiny model is rebuilt per task) and offer its speakers and languages."""
+    engine = manager.switch(manager.config_for_task(task))
+    speakers = engine.model.speakers
+    return (
+        gr.update(choices=speakers, value=speakers[0] if speakers else None),
+        gr.update(choices=engine.model.languages),
+        f"Engine: {describe(manager.config)}",
+    )
+
+
+def build(manager: EngineManager) -> None:
+    model = manager.engine.model
+    tasks = manager.tasks()
+    with gr.Row():
+        with gr.Column(scale=2):
+            task = gr.Radio(tasks, value=model.task, label="task")
+            text = gr.Textbox("Hello from Voxtrace, a Qwen3-TTS serving engine.", label="text", lines=3)
+            language = gr.Dropdown(model.languages, value="auto", label="language")
+            with gr.Accordion("voice", open=True):
+                ref_audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="reference clip")
+                ref_text = gr.Textbox(label="transcript of the clip (voice clone)")
+                x_vector_only = gr.Checkbox(False, label="x-vector only (no transcript needed)")
+                with gr.Row():
+                    saved = gr.Dropdown([NO_VOICE], value=NO_VOICE, label="saved voice")
+                    voice_name = gr.Textbox(label="save this clip as", scale=1)
+                    save = gr.Button("save voice", size="sm")
+                speaker = gr.Dropdown(
+                    model.speakers, value=(model.speakers or [None])[0], label="speaker (custom voice)"
+                )
+                instruct = gr.Textbox(label="instruct (custom voice, voice design)")
+            with gr.Accordion("sampling", open=False):
+                do_sample = gr.Checkbox(True, label="sample (off: greedy)")
+                with gr.Row():
+                    temperature = gr.Slider(0.1, 2.0, value=0.9, step=0.05, label="temperature")
+                    top_k = gr.Slider(0, 200, value=50, step=1, label="top_k")
+                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p")
+                with gr.Row():
+                    max_new_tokens = gr.Number(200, precision=0, label="max frames (80 ms each)")
+                    seed = gr.Number(-1, precision=0, label="seed (-1: pick one and show it)")
+            with gr.Accordion("engine", open=False):
+                engine_inputs = engine_controls(manager.config)
+                torch_capture = gr.Checkbox(False, label="torch.profiler capture (TensorBoard folder)")
+            go = gr.Button("Generate", variant="primary", elem_id="vx-generate")
+        with gr.Column(scale=3):
+            player = gr.HTML("", html_template=PLAYER_TEMPLATE, js_on_load=PLAYER_JS, elem_id="vx-player")
+            status = gr.Markdown(f"Engine: {describe(manager.config)}", elem_id="vx-status")
+            cards = gr.HTML("", elem_id="vx-cards")
+            seed_used = gr.Number(label="seed used", interactive=False)
+            timeline = gr.Plot(label="timeline", elem_id="vx-timeline")
+            util = gr.Plot(label="utilization")
+            overhead = gr.Plot(label="overhead breakdown")
+            files = gr.File(label="downloads: audio, Perfetto trace, metrics", file_count="multiple")
+    request_inputs = [task, text, language, ref_audio, ref_text, x_vector_only, saved, speaker, instruct]
+    request_inputs += [do_sample, temperature, top_k, top_p, max_new_tokens, seed]
+
+    async def run(*args: Any) -> AsyncIterator[tuple[Any, ...]]:
+        async for out in synthesize(manager, *args):
+            yield out
+
+    go.click(
+        run,
+        request_inputs + engine_inputs + [torch_capture],
+        [player, cards, seed_used, timeline, util, overhead, files, status],
+        api_name="synthesize",
+    )
+    save.click(
+        lambda *a: save_voice(manager, *a),
+        [voice_name, ref_audio, ref_text, x_vector_only],
+        [saved],
+        api_name="save_voice",
+    )
+    task.change(lambda t: on_task(manager, t), [task], [speaker, language, status], api_name="set_task")
