@@ -99,12 +99,14 @@ class MpExecutor(Executor):
                 pass
         if not (isinstance(ready, Control) and ready.kind == "!ready"):
             w.closing = True
+            died = proc.exitcode is not None
+            reason = _exit_reason(proc) if died else ""  # read before _stop closes the process object
             self._stop(w)
             if isinstance(ready, Control) and ready.kind == "!error":
                 raise ExecutorError(f"{self.name} worker failed to start:\n{ready.fields['text']}")
-            if proc.exitcode is None:
+            if not died:
                 raise ExecutorError(f"{self.name} worker did not start within {self.start_timeout_s:.0f} s")
-            raise ExecutorError(f"{self.name} worker {_exit_reason(proc)} during start-up")
+            raise ExecutorError(f"{self.name} worker {reason} during start-up")
         w.thread = threading.Thread(target=self._receive, args=(w,), name=f"{self.name}-receiver", daemon=True)
         w.thread.start()
         self._w = w

@@ -19,6 +19,7 @@ import torch
 from engine.model.sampling import SamplingParams
 from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, TransportError, make_executor
 from engine.runtime.codec import RING_PREFIX, Receiver, Sender, ShmRing
+from engine.stages.base import Stage
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, StageInput, StageOutput, TalkerJob
 from profiling import events as ev
 from profiling.events import Recorder, get_recorder
@@ -283,3 +284,14 @@ def test_a_factory_that_raises_fails_start_with_its_message(kind):
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, *sys.argv[1:]]))
+
+
+def _exit_at_import() -> Stage:
+    os._exit(3)  # the worker dies before it can report anything
+
+
+def test_a_worker_that_dies_during_start_up_is_reported_with_its_exit_code() -> None:
+    executor = make_executor("mp", _exit_at_import, lambda out: None, "dying", start_timeout_s=60)
+    with pytest.raises(ExecutorError, match="dying worker exited with code 3 during start-up"):
+        executor.start()
+    executor.close()
