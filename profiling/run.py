@@ -68,7 +68,7 @@ class RunResult:
 
     def trace(self) -> dict[str, Any]:
         """The Perfetto trace (built on demand: with torch traces it can be large)."""
-        return perfetto_trace(self.timeline, self.torch_traces)
+        return chrome_trace(self.timeline, self.torch_traces)
 
     def figures(self) -> dict[str, Any]:
         """Plotly figures: "timeline", "utilization", "overhead" (per-request time breakdown)."""
@@ -98,14 +98,6 @@ class RunResult:
             "dropped_events": {str(pid): n for pid, n in self.timeline.dropped.items()},
             "torch_traces": [Path(t.path).name for t in self.torch_traces],
         }
-
-
-def perfetto_trace(tl: Timeline, torch_traces: Sequence[TorchTrace] = ()) -> dict[str, Any]:
-    """`chrome_trace`, minus each torch trace's "PyTorch Profiler (0)" slice: every trace puts it on the same
-    ("Spans", "PyTorch Profiler") track, so with several processes they would partly overlap there."""
-    trace = chrome_trace(tl, torch_traces)
-    trace["traceEvents"] = [e for e in trace["traceEvents"] if e.get("pid") != "Spans"]
-    return trace
 
 
 async def _one(engine: Engine, request: SpeechRequest, slots: asyncio.Semaphore) -> tuple[int, list, Exception | None]:

@@ -168,6 +168,8 @@ class TorchTrace:
         for e in events:
             if "ts" in e and e.get("ph") != "M":
                 e = {**e, "ts": e["ts"] + shift_us}
+            if e.get("pid") == "Spans":  # torch's pseudo-process for the capture's own slice: one per trace
+                e = {**e, "pid": f"Spans ({self.worker})"}
             out.append(e)
         return out
 
