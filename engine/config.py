@@ -114,6 +114,9 @@ class EngineConfig:
             raise ConfigError(f"{path}: {exc}") from exc
 
 
+_SECTIONS = {"talker": StageConfig, "code2wav": StageConfig, "chunking": ChunkingConfig, "limits": LimitsConfig}
+
+
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     """Nested dataclass from a dict, refusing unknown keys and wrong value types by name."""
     if not isinstance(raw, dict):
@@ -123,12 +126,12 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; known: {', '.join(fields)}")
     kwargs = {}
+    defaults = cls()
     for name, value in raw.items():
-        nested = {"talker": StageConfig, "code2wav": StageConfig, "chunking": ChunkingConfig, "limits": LimitsConfig}
-        if cls is EngineConfig and name in nested:
-            kwargs[name] = _build(nested[name], value, f"{where}{name}.")
+        if cls is EngineConfig and name in _SECTIONS:
+            kwargs[name] = _build(_SECTIONS[name], value, f"{where}{name}.")
             continue
-        default = getattr(cls(), name) if cls is not EngineConfig else getattr(EngineConfig(), name)
+        default = getattr(defaults, name)
         if (
             default is not None
             and not isinstance(value, type(default))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.model.config import CodePredictorConfig
-from engine.model.layers import AttnBatch, DecoderLayer, KVCache, RMSNorm, rope_inv_freq, run_layers
+from engine.model.layers import AttnBatch, KVCache, RMSNorm, decoder_layers, rope_inv_freq, run_layers
 
 PickFn = Callable[[int, Tensor], Tensor]  # (predictor step 0..14, float32 logits (B, 2048)) -> ids (B,)
 
@@ -21,17 +21,7 @@ PickFn = Callable[[int, Tensor], Tensor]  # (predictor step 0..14, float32 logit
 class CodePredictorModel(nn.Module):
     def __init__(self, cfg: CodePredictorConfig, embedding_dim: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                cfg.hidden_size,
-                cfg.intermediate_size,
-                cfg.num_attention_heads,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-                cfg.rms_norm_eps,
-            )
-            for _ in range(cfg.num_hidden_layers)
-        )
+        self.layers = decoder_layers(cfg)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.codec_embedding = nn.ModuleList(
             nn.Embedding(cfg.vocab_size, embedding_dim) for _ in range(cfg.num_code_groups - 1)

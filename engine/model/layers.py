@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.model.config import CodePredictorConfig, TalkerConfig
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
@@ -149,6 +151,21 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, at: AttnBatch) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, at)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def decoder_layers(cfg: TalkerConfig | CodePredictorConfig) -> nn.ModuleList:
+    """The Qwen3 decoder stack of the talker or the code predictor (their configs name the same fields)."""
+    return nn.ModuleList(
+        DecoderLayer(
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.rms_norm_eps,
+        )
+        for _ in range(cfg.num_hidden_layers)
+    )
 
 
 def run_layers(

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from engine.model.code_predictor import CodePredictor
 from engine.model.config import TalkerConfig
-from engine.model.layers import AttnBatch, DecoderLayer, KVCache, RMSNorm, decode_mask, rope_inv_freq, run_layers
+from engine.model.layers import AttnBatch, KVCache, RMSNorm, decode_mask, decoder_layers, rope_inv_freq, run_layers
 
 
 class TextProjection(nn.Module):
@@ -31,17 +31,7 @@ class TextProjection(nn.Module):
 class TalkerModel(nn.Module):
     def __init__(self, cfg: TalkerConfig) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                cfg.hidden_size,
-                cfg.intermediate_size,
-                cfg.num_attention_heads,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-                cfg.rms_norm_eps,
-            )
-            for _ in range(cfg.num_hidden_layers)
-        )
+        self.layers = decoder_layers(cfg)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.codec_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.text_embedding = nn.Embedding(cfg.text_vocab_size, cfg.text_hidden_size)
