@@ -25,6 +25,7 @@ from profiling.events import (
     Event,
     Timeline,
 )
+from profiling.gpu_idle import IdleSplit
 from profiling.metrics import RequestBreakdown, RunMetrics
 
 BATCH_COLOR = "#9aa0a6"
@@ -37,6 +38,13 @@ DEFAULT_METRICS = (
     ("rtf.p50", "RTF p50"),
     ("audio_s_per_s", "audio s per s"),
     ("underrun_s.p99", "underrun p99 (s)"),
+)
+
+IDLE_PARTS = (  # (legend, StageIdle field, colour) of the GPU idle panel
+    ("GPU running its ops", "gpu_op_us", "#2ca02c"),
+    ("GPU waiting for host", "gpu_waiting_for_host_us", "#d62728"),
+    ("GPU waiting for launches in flight", "launch_latency_us", "#ff7f0e"),
+    ("host waiting for kernels", "host_waiting_for_kernel_us", "#1f77b4"),
 )
 
 
@@ -179,9 +187,13 @@ def utilization_figure(tl: Timeline, title: str = "Utilization") -> go.Figure:
 
 
 def overhead_figure(
-    breakdowns: Mapping[str, RequestBreakdown], title: str = "Where each request's time went"
+    breakdowns: Mapping[str, RequestBreakdown],
+    title: str = "Where each request's time went",
+    gpu_idle: IdleSplit | None = None,
 ) -> go.Figure:
-    """Stacked bars per request: time in each stage, in each part of the transfers, and queued (seconds)."""
+    """Stacked bars per request: time in each stage, in each part of the transfers, and queued (seconds). With a GPU
+    idle split (a CUDA capture), a second panel shows per stage its GPU ops, the GPU's waits for the host and for
+    launches in flight, and the host's waits for kernels (ms)."""
     requests = list(breakdowns)
     parts: dict[str, list[float]] = {}
 
@@ -195,8 +207,30 @@ def overhead_figure(
         for name, s in b.transfer_s.items():
             put(f"transfer {name}", i, s)
         put("queue", i, b.queue_s)
-    fig = go.Figure([go.Bar(x=requests, y=ys, name=part) for part, ys in parts.items()])
-    fig.update_layout(title=title, barmode="stack", xaxis_title="request", yaxis_title="seconds")
+    rows = 1 if gpu_idle is None else 2
+    fig = make_subplots(rows=rows, cols=1, subplot_titles=[title] + ([gpu_idle.summary()] if gpu_idle else []))
+    for part, ys in parts.items():
+        fig.add_trace(go.Bar(x=requests, y=ys, name=part, legendgroup="requests"), row=1, col=1)
+    fig.update_xaxes(title_text="request", row=1, col=1)
+    fig.update_yaxes(title_text="seconds", row=1, col=1)
+    if gpu_idle is not None:
+        stages = list(gpu_idle.stages.values())
+        for label, attr, color in IDLE_PARTS:
+            fig.add_trace(
+                go.Bar(
+                    y=[s.stage for s in stages],
+                    x=[getattr(s, attr) / 1e3 for s in stages],
+                    orientation="h",
+                    name=label,
+                    legendgroup="gpu",
+                    marker={"color": color},
+                    hovertext=[f"{s.launches} launches, {s.launches_per_step:.1f} per step" for s in stages],
+                ),
+                row=2,
+                col=1,
+            )
+        fig.update_xaxes(title_text="ms", row=2, col=1)
+    fig.update_layout(barmode="stack", height=400 * rows)
     return fig
 
 

@@ -11,6 +11,9 @@ The run folder:
     audio/<request>.wav
     tb/<process>.<ns>.pt.trace.json   when captured: TensorBoard's profiler plugin (`--logdir <run folder>`)
 
+A capture of a CUDA run also yields the GPU idle split (`profiling.gpu_idle`): metrics.json's "gpu_idle", and a second
+panel in the overhead figure.
+
 Client-side metrics time each request from the call to `generate` to each chunk's arrival in this process; the
 engine-side ones (`server_per_request`) come from its ADMITTED and AUDIO_CHUNK events. Both use the events' clock.
 """
@@ -29,6 +32,7 @@ import numpy as np
 
 from engine import Engine, SpeechRequest
 from profiling.events import UTILIZATION, EventBatch, Timeline, clock_name, merge_timelines, now_ns
+from profiling.gpu_idle import IdleSplit, idle_split
 from profiling.metrics import (
     IpcOverhead,
     RequestBreakdown,
@@ -64,6 +68,7 @@ class RunResult:
     errors: dict[str, str] = field(default_factory=dict)
     torch_traces: list[TorchTrace] = field(default_factory=list)
     utilization: dict[str, float] = field(default_factory=dict)  # mean CPU % per process name
+    gpu_idle: IdleSplit | None = None  # from a capture with GPU ops
     run_dir: Path | None = None
 
     def trace(self) -> dict[str, Any]:
@@ -77,7 +82,7 @@ class RunResult:
         return {
             "timeline": timeline_figure(self.timeline),
             "utilization": utilization_figure(self.timeline),
-            "overhead": overhead_figure(self.breakdowns),
+            "overhead": overhead_figure(self.breakdowns, gpu_idle=self.gpu_idle),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -97,6 +102,7 @@ class RunResult:
             "processes": {str(pid): name for pid, name in self.timeline.processes.items()},
             "dropped_events": {str(pid): n for pid, n in self.timeline.dropped.items()},
             "torch_traces": [Path(t.path).name for t in self.torch_traces],
+            "gpu_idle": self.gpu_idle.to_dict() if self.gpu_idle is not None else None,
         }
 
 
@@ -175,6 +181,7 @@ async def profile_run_async(
         errors=errors,
         torch_traces=traces,
         utilization=_cpu_means(tl),
+        gpu_idle=idle_split(t.shifted_events() for t in traces) if traces else None,
         run_dir=run_path,
     )
     if run_path is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
 from profiling.bench import Bench, sweep_engine
 from profiling.events import Timeline
+from profiling.gpu_idle import IdleSplit
 from profiling.metrics import RequestBreakdown, RequestMetrics, RunMetrics
 from profiling.run import profile_run_async
 
@@ -38,6 +39,7 @@ class RunOutcome:
     sample_rate: int
     errors: dict[str, str] = field(default_factory=dict)  # request id -> why it failed
     files: dict[str, Path] = field(default_factory=dict)  # audio, trace (Perfetto JSON), tensorboard (zip), metrics
+    gpu_idle: IdleSplit | None = None  # a torch capture of a CUDA run
 
 
 class _Tap:
@@ -88,6 +90,7 @@ async def run_requests(
         sample_rate=result.sample_rate,
         errors=result.errors,
         files=files,
+        gpu_idle=result.gpu_idle,
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine import Engine, EngineConfig
 from engine.config import StageConfig
@@ -101,6 +103,22 @@ def test_a_captured_run_writes_a_torch_trace_per_process_on_our_clock(engine: En
     torch_steps = [e for e in trace["traceEvents"] if e.get("name") == "talker/decode_step"]
     assert abs(min(e["ts"] for e in torch_steps) - steps[0].start_ns / 1000) < 1000  # µs: within a millisecond
     assert engine.stop_capture() == []  # nothing left running
+    assert result.gpu_idle is None  # a CPU run: no GPU ops to split
+    assert json.loads((tmp_path / "metrics.json").read_text())["gpu_idle"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_captured_cuda_run_splits_gpu_idle_per_stage(checkpoints, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(config(checkpoints["base"], "mp", "uni"), device="cuda")
+    with Engine(cfg) as engine:
+        result = profile_run(engine, requests(2, frames=8, prefix="g"), capture=True, run_dir=tmp_path)
+    split = result.gpu_idle
+    assert split is not None and {"talker", "code2wav"} <= set(split.stages), split and split.table()
+    talker = split.stages["talker"]
+    assert talker.steps > 0 and talker.launches > talker.steps  # eager: many launches per decode step
+    assert split.gpu_busy_us + split.gpu_idle_us == pytest.approx(split.window_us)
+    saved = json.loads((tmp_path / "metrics.json").read_text())["gpu_idle"]
+    assert saved["stages"]["talker"]["launches"] == talker.launches
 
 
 def test_recording_off_still_measures_the_run(engine: Engine) -> None:

@@ -50,5 +50,12 @@ def figures(outcome: RunOutcome) -> tuple[go.Figure, go.Figure, go.Figure]:
     return (
         timeline_figure(tl, f"Timeline · {outcome.label}"),
         utilization_figure(tl, "CPU (and GPU) utilization"),
-        overhead_figure(outcome.breakdowns),
+        overhead_figure(outcome.breakdowns, gpu_idle=outcome.gpu_idle),
     )
+
+
+def capture_note(outcome: RunOutcome) -> str:
+    """What a torch.profiler capture found about GPU idle time, or why it has nothing to say."""
+    if outcome.gpu_idle is None:
+        return "The capture holds no GPU ops (a CPU run): the GPU idle split needs CUDA."
+    return outcome.gpu_idle.summary() + "."

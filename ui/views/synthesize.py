@@ -18,7 +18,7 @@ from engine.request import EngineError
 from ui.player import PLAYER_JS, PLAYER_TEMPLATE
 from ui.profiled import run_requests
 from ui.state import EngineManager, RunRecord, SavedVoice, describe
-from ui.views.render import figures, request_cards
+from ui.views.render import capture_note, figures, request_cards
 
 NO_VOICE = "(upload or record a clip)"
 
@@ -170,6 +170,8 @@ async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[
     )
     timeline, util, overhead = figures(outcome)
     status = f"Run {record.id} on {record.config}. Seed {seed}: set it above to repeat this run."
+    if torch_capture:
+        status += " " + capture_note(outcome)
     yield (stream.url, request_cards(metrics, seed), seed, timeline, util, overhead, record.files, status)
 
 
