@@ -8,6 +8,7 @@ import time
 import types
 
 import pytest
+import torch
 
 from profiling.events import COUNTER, UTILIZATION, now_ns
 from profiling.utilization import CPU_PERCENT, GPU_BUSY_PERCENT, GPU_MEMORY_MB, UtilizationSampler
@@ -65,6 +66,20 @@ def test_gpu_samples_come_from_nvml_when_it_is_there(monkeypatch):
     busy = [e.args["value"] for e in sampler.events if e.name == f"gpu0.{GPU_BUSY_PERCENT}"]
     memory = [e.args["value"] for e in sampler.events if e.name == f"gpu0.{GPU_MEMORY_MB}"]
     assert busy and set(busy) == {87.0} and set(memory) == {3072.0}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and its driver")
+def test_a_real_gpu_is_sampled_through_nvml_while_it_works():
+    x = torch.randn(4096, 4096, device="cuda")
+    with UtilizationSampler(interval_s=0.05) as sampler:
+        deadline = time.perf_counter() + 1.0
+        while time.perf_counter() < deadline:
+            x = x @ x / 4096
+        torch.cuda.synchronize()
+    assert sampler.has_gpu
+    busy = [e.args["value"] for e in sampler.events if e.name == f"gpu0.{GPU_BUSY_PERCENT}"]
+    memory = [e.args["value"] for e in sampler.events if e.name == f"gpu0.{GPU_MEMORY_MB}"]
+    assert max(busy) > 50 and min(memory) >= 64  # a busy GPU holding at least the 64 MB matrix
 
 
 if __name__ == "__main__":
