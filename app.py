@@ -49,16 +49,21 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from ui.app import create_app
-    from ui.state import EngineManager
+    from ui.state import EngineManager, describe
 
     args = parse_serve_args(argv)
     config = engine_config(args)
     if config.model is None:
         print("No --model: the embedded tiny model with RANDOM weights. The audio is noise; the timings are real.",
               file=sys.stderr)  # fmt: skip
+    print(f"Starting the engine ({describe(config)}) …", file=sys.stderr)
+    t0 = time.perf_counter()
     manager = EngineManager(config)
-    try:
-        uvicorn.run(create_app(manager), host=args.host, port=args.port, log_level="warning")
+    url = f"http://{args.host}:{args.port}"
+    print(f"Engine ready in {time.perf_counter() - t0:.1f} s. App: {url}/  API: POST {url}/v1/audio/speech",
+          file=sys.stderr)  # fmt: skip
+    try:  # uvicorn's own lines say when the port is bound (or why not); no access log: the player streams a lot
+        uvicorn.run(create_app(manager), host=args.host, port=args.port, log_level="info", access_log=False)
     finally:
         manager.close()
     return 0
