@@ -46,9 +46,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def serve(argv: list[str]) -> int:
-    import uvicorn
-
     from ui.app import create_app
+    from ui.server import serve as serve_app
     from ui.state import EngineManager, describe
 
     args = parse_serve_args(argv)
@@ -62,8 +61,8 @@ def serve(argv: list[str]) -> int:
     url = f"http://{args.host}:{args.port}"
     print(f"Engine ready in {time.perf_counter() - t0:.1f} s. App: {url}/  API: POST {url}/v1/audio/speech",
           file=sys.stderr)  # fmt: skip
-    try:  # uvicorn's own lines say when the port is bound (or why not); no access log: the player streams a lot
-        uvicorn.run(create_app(manager), host=args.host, port=args.port, log_level="info", access_log=False)
+    try:
+        serve_app(create_app(manager), host=args.host, port=args.port)
     finally:
         manager.close()
     return 0

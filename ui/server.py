@@ -46,8 +46,9 @@ def create_server(engine: Engine, limits: ApiLimits | None = None) -> FastAPI:
 
 
 def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 7860, log_level: str = "info") -> None:
-    """Run `app` with uvicorn until interrupted. Binds to loopback unless `host` says otherwise."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    """Run `app` with uvicorn until interrupted. Binds to loopback unless `host` says otherwise. uvicorn's own lines
+    say when the port is bound (or why not); no access log: the player's streams and Gradio's polls would flood it."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 class BodyLimit:
