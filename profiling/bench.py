@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from profiling.metrics import RequestMetrics, RunMetrics, run_metrics
 from profiling.prompts import PROMPT_SET, Job, PromptSet
@@ -44,6 +44,8 @@ class Level:
     metrics: RunMetrics
     per_request: list[RequestMetrics]
     errors: list[str] = field(default_factory=list)
+    cpu_percent: float = float("nan")  # the engine's processes together (100 = one core), embedded runs only
+    gpu_busy_percent: float = float("nan")  # NVML, mean over the GPUs; NaN without one
 
     def row(self) -> dict[str, Any]:
         m = self.metrics
@@ -56,6 +58,8 @@ class Level:
             "audio_s": m.audio_s,
             "audio_s_per_s": m.audio_s_per_s,
             "continuity_ok_rate": m.continuity_ok_rate,
+            "cpu_percent": self.cpu_percent,
+            "gpu_busy_percent": self.gpu_busy_percent,
         }
         for name in CSV_METRICS:
             for stat, value in getattr(m, name).to_dict().items():
@@ -133,15 +137,33 @@ class Bench:
 Progress = Callable[[int], None]  # requests just completed
 
 
-def _level(series: str, c: int, results: Sequence[tuple[list[RequestMetrics], float, list[str]]]) -> Level:
-    """A level from one or more repeats: their requests pooled, their wall times added."""
-    per_request = [m for r, _, _ in results for m in r]
+class Repeat(NamedTuple):
+    """One run of a level: its requests' metrics, wall time, errors, and mean utilization (NaN when unsampled)."""
+
+    per_request: list[RequestMetrics]
+    wall_s: float
+    errors: list[str]
+    cpu_percent: float = float("nan")
+    gpu_busy_percent: float = float("nan")
+
+
+def _level(series: str, c: int, repeats: Sequence[Repeat]) -> Level:
+    """A level from one or more repeats: their requests pooled, their wall times added, utilization weighted by
+    wall time."""
+    wall = sum(r.wall_s for r in repeats)
+
+    def weighted(values: list[float]) -> float:
+        return sum(v * r.wall_s for v, r in zip(values, repeats, strict=True)) / wall if wall > 0 else float("nan")
+
+    per_request = [m for r in repeats for m in r.per_request]
     return Level(
         series,
         c,
-        run_metrics(per_request, sum(w for _, w, _ in results)),
+        run_metrics(per_request, wall),
         per_request,
-        [e for _, _, es in results for e in es],
+        [e for r in repeats for e in r.errors],
+        cpu_percent=weighted([r.cpu_percent for r in repeats]),
+        gpu_busy_percent=weighted([r.gpu_busy_percent for r in repeats]),
     )
 
 
@@ -167,7 +189,7 @@ def sweep_engine(
         profile_run(engine, jobs(warmup, 0), concurrency=max(concurrency), progress=tick)
     levels = []
     for c in concurrency:
-        results: dict[str, list[tuple[list[RequestMetrics], float, list[str]]]] = {m: [] for m in recording}
+        results: dict[str, list[Repeat]] = {m: [] for m in recording}
         for rep in range(repeat):
             for mode in recording:
                 engine.set_recording(mode == "on")
@@ -179,7 +201,16 @@ def sweep_engine(
                     run_dir=run_dir,
                     progress=(lambda done, total: progress(1)) if progress else None,
                 )
-                results[mode].append((r.per_request, r.wall_s, list(r.errors.values())))
+                cpus, gpus = list(r.utilization.values()), list(r.gpu_busy_percent.values())
+                results[mode].append(
+                    Repeat(
+                        r.per_request,
+                        r.wall_s,
+                        list(r.errors.values()),
+                        sum(cpus) if cpus else float("nan"),
+                        sum(gpus) / len(gpus) if gpus else float("nan"),
+                    )
+                )
         levels += [_level(f"{label} · recording {m}", c, results[m]) for m in recording]
     engine.set_recording(True)
     return levels
@@ -211,7 +242,7 @@ def sweep_url(
                 run_requests(url, bodies(n, warmup), c, progress=(lambda d, t: progress(1)) if progress else None)
             )
             metrics = [m for s in streamed if (m := s.metrics(sample_rate)) is not None]
-            results.append((metrics, wall_s, [f"{s.request}: {s.error}" for s in streamed if s.error]))
+            results.append(Repeat(metrics, wall_s, [f"{s.request}: {s.error}" for s in streamed if s.error]))
         levels.append(_level(label or url, c, results))
     return levels
 
@@ -354,6 +385,8 @@ def _report(bench: Bench, paths: dict[str, Path]) -> None:
         print(
             f"{lv.series:40} c={lv.concurrency:<3} audio s/s {m.audio_s_per_s:7.3f}  ttfa p50 {m.ttfa_s.p50:.3f}s"
             f"  rtf p50 {m.rtf.p50:.3f}  errors {len(lv.errors)}"
+            + (f"  cpu {lv.cpu_percent:.0f}%" if lv.cpu_percent == lv.cpu_percent else "")
+            + (f"  gpu busy {lv.gpu_busy_percent:.0f}%" if lv.gpu_busy_percent == lv.gpu_busy_percent else "")
         )
     for c, pct in bench.recording_cost().items():
         print(f"event recording at c={c}: throughput {-pct:+.1f}% with recording on than off")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from engine import Engine, SpeechRequest
-from profiling.events import UTILIZATION, EventBatch, Timeline, clock_name, merge_timelines, now_ns
+from profiling.events import UTILIZATION, Event, EventBatch, Timeline, clock_name, merge_timelines, now_ns
 from profiling.gpu_idle import IdleSplit, idle_split
 from profiling.metrics import (
     IpcOverhead,
@@ -45,7 +45,7 @@ from profiling.metrics import (
     timeline_request_metrics,
 )
 from profiling.trace import TorchTrace, check_trace, chrome_trace, write_chrome_trace
-from profiling.utilization import CPU_PERCENT, UtilizationSampler
+from profiling.utilization import CPU_PERCENT, GPU_BUSY_PERCENT, UtilizationSampler
 
 Progress = Callable[[int, int], None]  # (requests done, total)
 
@@ -68,6 +68,7 @@ class RunResult:
     errors: dict[str, str] = field(default_factory=dict)
     torch_traces: list[TorchTrace] = field(default_factory=list)
     utilization: dict[str, float] = field(default_factory=dict)  # mean CPU % per process name
+    gpu_busy_percent: dict[str, float] = field(default_factory=dict)  # mean NVML busy % per GPU ("gpu0")
     gpu_idle: IdleSplit | None = None  # from a capture with GPU ops
     run_dir: Path | None = None
 
@@ -98,6 +99,7 @@ class RunResult:
             "breakdowns": {r: b.to_dict() for r, b in self.breakdowns.items()},
             "ipc": self.ipc.to_dict(),
             "utilization_cpu_percent_mean": self.utilization,
+            "utilization_gpu_busy_percent_mean": self.gpu_busy_percent,
             "errors": self.errors,
             "processes": {str(pid): name for pid, name in self.timeline.processes.items()},
             "dropped_events": {str(pid): n for pid, n in self.timeline.dropped.items()},
@@ -181,6 +183,7 @@ async def profile_run_async(
         errors=errors,
         torch_traces=traces,
         utilization=_cpu_means(tl),
+        gpu_busy_percent=_gpu_means(tl),
         gpu_idle=idle_split(t.shifted_events() for t in traces) if traces else None,
         run_dir=run_path,
     )
@@ -199,12 +202,23 @@ def _process_batches(tl: Timeline) -> list[EventBatch]:
     return [EventBatch(pid, name, [], tl.dropped.get(pid, 0)) for pid, name in tl.processes.items()]
 
 
-def _cpu_means(tl: Timeline) -> dict[str, float]:
-    values: dict[int, list[float]] = {}
+def _means(tl: Timeline, keep: Callable[[Event], bool]) -> dict[tuple[int, str], float]:
+    """Mean value of each utilization counter series, by (pid, name), over the events `keep` accepts."""
+    values: dict[tuple[int, str], list[float]] = {}
     for e in tl.events:
-        if e.track == UTILIZATION and e.name == CPU_PERCENT:
-            values.setdefault(e.pid, []).append(float(e.args["value"]) if e.args else 0.0)
-    return {f"{tl.processes.get(pid, pid)} ({pid})": float(np.mean(v)) for pid, v in values.items() if v}
+        if e.track == UTILIZATION and keep(e):
+            values.setdefault((e.pid, e.name), []).append(float(e.args["value"]) if e.args else 0.0)
+    return {k: float(np.mean(v)) for k, v in values.items() if v}
+
+
+def _cpu_means(tl: Timeline) -> dict[str, float]:
+    means = _means(tl, lambda e: e.name == CPU_PERCENT)
+    return {f"{tl.processes.get(pid, pid)} ({pid})": v for (pid, _), v in means.items()}
+
+
+def _gpu_means(tl: Timeline) -> dict[str, float]:
+    means = _means(tl, lambda e: e.name.endswith("." + GPU_BUSY_PERCENT))
+    return {name.split(".")[0]: v for (_, name), v in means.items()}
 
 
 def write_run(result: RunResult, run_dir: str | Path) -> Path:

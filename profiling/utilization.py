@@ -105,22 +105,28 @@ class UtilizationSampler:
                 pass
         nvml = _Nvml.open(self.gpu_indices) if self.gpu else None
         self.has_gpu = nvml is not None
-        me = os.getpid()
         try:
             while not self._stop.wait(self.interval_s):
-                t = now_ns()
-                for pid, proc in list(procs.items()):
-                    try:
-                        value = proc.cpu_percent(None)
-                    except psutil.Error:  # the process ended (a worker restart): stop sampling it
-                        del procs[pid]
-                        continue
-                    self.events.append(Event(COUNTER, CPU_PERCENT, UTILIZATION, pid, t, 0, None, {"value": value}))
-                if nvml is not None:
-                    for i, busy, mem in nvml.sample():
-                        for name, value in ((GPU_BUSY_PERCENT, busy), (GPU_MEMORY_MB, mem)):
-                            args = {"value": value, "gpu": i}
-                            self.events.append(Event(COUNTER, f"gpu{i}.{name}", UTILIZATION, me, t, 0, None, args))
+                self._sample(procs, nvml)
+            if not self.events:  # a run shorter than one interval: one sample over all of it
+                self._sample(procs, nvml)
         finally:
             if nvml is not None:
                 nvml.close()
+
+    def _sample(self, procs: dict[int, psutil.Process], nvml: _Nvml | None) -> None:
+        """One sample of each process's CPU % since the previous one, and of each GPU."""
+        t = now_ns()
+        for pid, proc in list(procs.items()):
+            try:
+                value = proc.cpu_percent(None)
+            except psutil.Error:  # the process ended (a worker restart): stop sampling it
+                del procs[pid]
+                continue
+            self.events.append(Event(COUNTER, CPU_PERCENT, UTILIZATION, pid, t, 0, None, {"value": value}))
+        if nvml is not None:
+            me = os.getpid()
+            for i, busy, mem in nvml.sample():
+                for name, value in ((GPU_BUSY_PERCENT, busy), (GPU_MEMORY_MB, mem)):
+                    args = {"value": value, "gpu": i}
+                    self.events.append(Event(COUNTER, f"gpu{i}.{name}", UTILIZATION, me, t, 0, None, args))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import uvicorn
 import yaml
 
@@ -42,8 +43,10 @@ def test_a_sweep_against_the_embedded_engine_with_recording_on_and_off(checkpoin
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": str(checkpoints["base"]), "talker": {"max_num_seqs": 4}}))
     result = bench.main(["--config", str(config), *SWEEP, "--recording", "both", "--out", str(tmp_path / "out")])
-    check_outputs(tmp_path / "out", ["tiny · recording on", "tiny · recording off"])
+    levels = check_outputs(tmp_path / "out", ["tiny · recording on", "tiny · recording off"])
     assert set(result.recording_cost()) == {1, 2}
+    assert all(level["cpu_percent"] > 0 for level in levels)  # the engine's process, sampled at every level
+    assert all((level["gpu_busy_percent"] is None) == (not torch.cuda.is_available()) for level in levels)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,8 @@ def server(checkpoints):
 
 def test_a_sweep_against_our_http_server(server: str, tmp_path: Path) -> None:
     bench.main(["--url", server, *SWEEP, "--label", "ours", "--out", str(tmp_path)])
-    check_outputs(tmp_path, ["ours"])
+    levels = check_outputs(tmp_path, ["ours"])
+    assert all(level["cpu_percent"] is None for level in levels)  # a server's processes are not ours to sample
 
 
 def test_a_refused_request_is_an_error_of_the_level_not_a_crash(server: str) -> None:

@@ -29,12 +29,13 @@ def test_sampler_yields_cpu_samples_for_this_process():
     assert bool(gpu) == sampler.has_gpu
 
 
-def test_stop_wakes_the_sampler_at_once():
+def test_stop_wakes_the_sampler_at_once_and_a_short_run_still_gets_a_sample():
     sampler = UtilizationSampler(interval_s=30).start()
     time.sleep(0.05)
     t = time.perf_counter()
-    assert sampler.stop() == []
+    samples = sampler.stop()
     assert time.perf_counter() - t < 1.0
+    assert [e.name for e in samples if e.pid == os.getpid()] == [CPU_PERCENT]  # covering the whole 50 ms
 
 
 def test_a_process_that_ends_is_dropped_not_fatal():
