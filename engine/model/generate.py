@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from engine.model.code_predictor import PickFn
+from engine.model.device import host_tensor
 from engine.model.prompt import TalkerPrompt
 from engine.model.sampling import SamplingParams, Warp, choose_tokens, process_talker_logits, suppress_mask
 from engine.model.talker import Talker
@@ -29,8 +30,8 @@ def draw_code0(
 ) -> Tensor:
     """Code 0 for each row (B,) from talker logits (B, V); `generated` (B, V) bool marks the ids drawn so far."""
     dev = logits.device
-    penalty = torch.tensor([[p.repetition_penalty] for p in params], dtype=torch.float32, device=dev)
-    min_new = torch.tensor([p.min_new_tokens for p in params], device=dev)
+    penalty = host_tensor([[p.repetition_penalty] for p in params], dev, torch.float32)
+    min_new = host_tensor([p.min_new_tokens for p in params], dev)
     scores = process_talker_logits(
         logits, generated, num_generated, penalty, min_new, suppress_mask(logits.shape[-1], eos_id, dev), eos_id
     )

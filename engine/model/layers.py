@@ -30,7 +30,10 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> Tensor:
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    """float32 RoPE frequencies, computed on the CPU (as the official modules are, before they move to a GPU, whose
+    pow may round differently), then placed on the default device (a `with torch.device(...)` block's)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+    return (1.0 / (theta**exponent)).to(torch.get_default_device())
 
 
 def rope_cos_sin(positions: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ from engine.model.audio import ReferenceAudio
 from engine.model.codec import SpeechTokenizer
 from engine.model.config import Qwen3TTSConfig
 from engine.model.generate import generate_codes
-from engine.model.loading import CheckpointFiles, find_checkpoint, load_module, read_weights
+from engine.model.loading import CheckpointFiles, cast_weights, find_checkpoint, load_module, read_weights
 from engine.model.network import Qwen3TTSNetwork
 from engine.model.prompt import (
     TalkerPrompt,
@@ -82,7 +82,7 @@ def load_network(files: CheckpointFiles, device: str | torch.device, dtype: torc
     with torch.device(device):
         network = Qwen3TTSNetwork(files.config)
     load_module(network, read_weights(files.weights), f"{files.root}/model.safetensors")
-    return network.to(dtype or default_dtype(device)).eval()
+    return cast_weights(network, dtype or default_dtype(device)).eval()
 
 
 def load_speech_tokenizer(
@@ -93,7 +93,7 @@ def load_speech_tokenizer(
     with torch.device(device):
         codec = SpeechTokenizer(files.speech_tokenizer_config)
     load_module(codec, read_weights(files.speech_tokenizer_weights), f"{files.root}/speech_tokenizer")
-    return codec.to(dtype or default_dtype(device)).eval()
+    return cast_weights(codec, dtype or default_dtype(device)).eval()
 
 
 class Qwen3TTS:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.model.device import host_tensor
+
 CODEC_SPECIAL_RANGE = 1024  # the top 1024 codec ids are control/language/speaker ids, never sampled except EOS
 
 
@@ -55,18 +57,21 @@ class SamplingParams:
 @dataclass
 class Warp:
     """Per-row warper settings: temperature (B, 1); top_k (B,), 0 = off; top_p_cut (B, 1) = 1 - top_p taken in
-    float64 as HF does (-1 = off, for top_p 1)."""
+    float64 as HF does (-1 = off, for top_p 1). `max_top_k`: the largest top_k (at least 1) known on the host, so
+    that top-k needs no read-back of a device tensor (a sync per draw on a GPU); None reads it from `top_k`."""
 
     temperature: Tensor
     top_k: Tensor
     top_p_cut: Tensor
+    max_top_k: int | None = None
 
     @classmethod
     def of(cls, temperature: Sequence[float], top_k: Sequence[int], top_p: Sequence[float], device=None) -> Warp:
         return cls(
-            torch.tensor(temperature, dtype=torch.float32, device=device)[:, None],
-            torch.tensor(top_k, dtype=torch.int64, device=device),
-            torch.tensor([1 - p if p < 1 else -1.0 for p in top_p], dtype=torch.float32, device=device)[:, None],
+            host_tensor(temperature, device, torch.float32)[:, None],
+            host_tensor(top_k, device, torch.int64),
+            host_tensor([1 - p if p < 1 else -1.0 for p in top_p], device, torch.float32)[:, None],
+            max([1, *top_k]),
         )
 
     @classmethod
@@ -102,8 +107,8 @@ def process_talker_logits(
     penalty (B, 1) float32; suppress (V,) bool."""
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
     scores = torch.where(generated, penalised, logits)
-    eos = torch.zeros_like(suppress)
-    eos[eos_id] = True
+    # not `eos[eos_id] = True`: on a GPU that copies the Python scalar in synchronously
+    eos = torch.arange(suppress.shape[0], device=suppress.device) == eos_id
     scores = torch.where(eos & (num_generated < min_new_tokens)[:, None], -torch.inf, scores)
     return torch.where(suppress, -torch.inf, scores)
 
@@ -113,7 +118,8 @@ def warp_logits(scores: Tensor, warp: Warp) -> Tensor:
     scores = scores / warp.temperature
     vocab = scores.shape[-1]
     k = warp.top_k.clamp(1, vocab)
-    kth = torch.topk(scores, int(k.max())).values.gather(1, (k - 1)[:, None])
+    max_k = int(k.max()) if warp.max_top_k is None else min(warp.max_top_k, vocab)
+    kth = torch.topk(scores, max_k).values.gather(1, (k - 1)[:, None])
     kth = torch.where(warp.top_k[:, None] > 0, kth, -torch.inf)
     scores = scores.masked_fill(scores < kth, -torch.inf)
     sorted_scores, order = torch.sort(scores, descending=False)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from engine.config import ChunkingConfig, StageConfig
 from engine.model.config import Qwen3TTSConfig
+from engine.model.device import host_tensor
 from engine.model.generate import draw_code0, next_talker_input, predictor_pick
 from engine.model.prompt import TalkerPrompt, custom_voice_prompt, voice_clone_prompt, voice_design_prompt
 from engine.model.sampling import SamplingParams
@@ -183,10 +184,11 @@ class TalkerStage:
         params = [row.params for row in rows]
         generators = [row.generator for row in rows]
         with self.recorder.span(ev.DECODE_STEP, ev.TALKER, batch_size=len(rows), requests=[r.request_id for r in rows]):
-            slots = torch.tensor([row.slot for row in rows], device=dev)
-            steps = torch.tensor([row.step for row in rows], device=dev)
+            slots = host_tensor([row.slot for row in rows], dev)
+            steps = host_tensor([row.step for row in rows], dev)
             code0 = draw_code0(self.logits[slots], self.generated[slots], steps, params, generators, self.eos_id)
-            self.generated[slots, code0] = True
+            # a device-side True: a Python scalar assigned through tensor indices is copied to the GPU synchronously
+            self.generated[slots, code0] = torch.ones_like(code0, dtype=torch.bool)
             with self.recorder.span(ev.PREDICTOR, ev.TALKER, batch_size=len(rows)):
                 pick = predictor_pick(params, generators, dev)
                 rest, codec_sum = talker.code_predictor.predict(
@@ -210,14 +212,14 @@ class TalkerStage:
         """The talker's decode step for `rows` (positions `index` of the step's batch): their next logits."""
         dev = self.device
         if len(index) < batch:
-            codec_sum = codec_sum[torch.tensor(index, device=dev)]
+            codec_sum = codec_sum[host_tensor(index, dev)]
         embeds = next_talker_input(
             codec_sum, [row.trailing for row in rows], [row.tts_pad for row in rows], [row.step for row in rows]
         )
         positions = [row.prompt_len + row.step for row in rows]
-        slots = torch.tensor([row.slot for row in rows], device=dev)
+        slots = host_tensor([row.slot for row in rows], dev)
         logits, hidden = self.talker.decode_step(
-            embeds, self.cache, slots, torch.tensor(positions, device=dev), kv_len=max(positions) + 1
+            embeds, self.cache, slots, host_tensor(positions, dev), kv_len=max(positions) + 1
         )
         self.logits[slots], self.hidden[slots] = logits, hidden
 

@@ -106,3 +106,18 @@ def test_dtype_is_a_choice(checkpoints: dict[str, Path]) -> None:
     model = Qwen3TTS.from_pretrained(checkpoints["voice_design"], dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
     assert model.generate_codes(DESIGN, GREEDY).shape == (GREEDY.max_new_tokens - 1, 16)
+
+
+def test_a_bfloat16_load_keeps_the_rope_frequencies_float32(checkpoints: dict[str, Path]) -> None:
+    # as the official models loaded with a dtype: rounded to bf16, RoPE angles drift by radians over a long prompt
+    fp32 = Qwen3TTS.from_pretrained(checkpoints["base"])
+    bf16 = Qwen3TTS.from_pretrained(checkpoints["base"], dtype=torch.bfloat16)
+    for module in (bf16.network, bf16.speech_tokenizer):
+        rope = {n: b for n, b in module.named_buffers() if n.endswith("inv_freq")}
+        assert rope and all(b.dtype == torch.float32 for b in rope.values())
+        others = [t for n, t in [*module.named_parameters(), *module.named_buffers()] if n not in rope]
+        assert all(t.dtype == torch.bfloat16 for t in others if t.is_floating_point())
+    for name, freq in fp32.speech_tokenizer.named_buffers():
+        if name.endswith("inv_freq"):
+            assert torch.equal(bf16.speech_tokenizer.get_buffer(name), freq)
+    assert torch.equal(bf16.talker.inv_freq, fp32.talker.inv_freq)

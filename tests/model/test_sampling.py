@@ -115,3 +115,18 @@ def test_greedy_rows_take_the_argmax_of_processed_scores():
     scores = torch.randn(2, 2048)
     ids = choose_tokens(scores, Warp.of([0.5, 0.5], [1, 1], [1.0, 1.0]), [False, True], [None, torch.Generator()])
     assert ids[0] == scores[0].argmax() and ids[1] == scores[1].argmax()  # top_k 1 leaves one choice
+
+
+def test_warping_reads_nothing_back_from_the_device():
+    # meta tensors hold no data: any read-back (a host sync on a GPU) would raise here
+    scores = torch.randn(3, 2048, device="meta")
+    warp = Warp.of([0.9, 1.0, 0.7], [50, 0, 20], [1.0, 0.8, 1.0], device="meta")
+    assert warp.max_top_k == 50  # the top-k width comes from the host settings
+    assert warp_logits(scores, warp).shape == (3, 2048)
+
+
+def test_a_warp_built_without_its_host_top_k_reads_it_from_the_tensor():
+    scores = torch.randn(2, 64)
+    built = Warp.of([1.0, 1.0], [5, 0], [1.0, 1.0])
+    direct = Warp(built.temperature, built.top_k, built.top_p_cut)
+    assert torch.equal(warp_logits(scores, direct), warp_logits(scores, built))
