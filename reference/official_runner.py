@@ -95,7 +95,7 @@ def main(job_path: str, out_path: str) -> None:
     torch.set_num_threads(int(os.environ.get("VOXTRACE_THREADS", "1")))
     results = {}
     for run in json.loads(Path(job_path).read_text())["runs"]:
-        tts = Qwen3TTSModel.from_pretrained(run["checkpoint"], dtype=torch.float32)
+        tts = Qwen3TTSModel.from_pretrained(run["checkpoint"], dtype=getattr(torch, run.get("dtype", "float32")))
         for case in run["cases"]:
             start = time.perf_counter()
             result = run_case(tts, case)

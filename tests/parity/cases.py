@@ -1,7 +1,8 @@
 """The parity cases: each one is run by the official package and by ours on the same tiny checkpoint.
 
 A case names its checkpoint (a key of the `checkpoints` fixture), its task and inputs, the official generation
-arguments (`gen`) and an optional seed set right before generation.
+arguments (`gen`), an optional seed set right before generation, and an optional dtype both sides load the weights in
+(float32 unless named: the bfloat16 cases are what a GPU deployment runs, here on the CPU).
 """
 
 from __future__ import annotations
@@ -133,4 +134,36 @@ CASES: list[dict] = [
     # the voice prompt alone: x-vector and reference codes, from a 24 kHz mono and a 16 kHz stereo clip
     {"name": "prompt_mono", "checkpoint": "base", "task": "voice_prompt", "ref": "mono", "ref_text": REF_TEXT},
     {"name": "prompt_stereo", "checkpoint": "base", "task": "voice_prompt", "ref": "stereo", "ref_text": REF_TEXT},
+    # bfloat16 weights (RoPE frequencies stay float32 on both sides): voice prompt, greedy and seeded cloning
+    {
+        "name": "prompt_bf16",
+        "checkpoint": "base",
+        "task": "voice_prompt",
+        "ref": "mono",
+        "ref_text": REF_TEXT,
+        "dtype": "bfloat16",
+    },  # fmt: skip
+    {
+        "name": "clone_icl_bf16",
+        "checkpoint": "base",
+        "task": "voice_clone",
+        "text": TEXT,
+        "language": "English",
+        "ref": "mono",
+        "ref_text": REF_TEXT,
+        "gen": GREEDY,
+        "dtype": "bfloat16",
+    },
+    {
+        "name": "clone_sampled_bf16",
+        "checkpoint": "base",
+        "task": "voice_clone",
+        "text": TEXT,
+        "language": "English",
+        "ref": "mono",
+        "ref_text": REF_TEXT,
+        "gen": SAMPLED,
+        "seed": 7,
+        "dtype": "bfloat16",
+    },
 ]

@@ -18,12 +18,14 @@ from tests.parity.cases import CASES
 @pytest.fixture(scope="session")
 def official(checkpoints, clips) -> dict[str, dict]:
     """Official outputs keyed by '<checkpoint>/<case>'."""
-    runs: dict[str, list[dict]] = {}
+    runs: dict[tuple[str, str], list[dict]] = {}
     for case in CASES:
         job_case = {**case, "ref_audio": str(clips[case["ref"]])} if "ref" in case else dict(case)
-        runs.setdefault(case["checkpoint"], []).append(job_case)
+        runs.setdefault((case["checkpoint"], case.get("dtype", "float32")), []).append(job_case)
     try:
-        return run_official([{"checkpoint": str(checkpoints[k]), "cases": v} for k, v in runs.items()])
+        return run_official(
+            [{"checkpoint": str(checkpoints[k]), "dtype": dtype, "cases": v} for (k, dtype), v in runs.items()]
+        )
     except ReferenceUnavailable as exc:
         if os.environ.get("VOXTRACE_REQUIRE_REFERENCE") == "1":
             pytest.fail(str(exc))

@@ -1,7 +1,8 @@
 """Parity with the official qwen-tts 0.1.1 on the same tiny checkpoints: the contract of our model code.
 
-Codes must be bit-identical (greedy and seeded sampling, every task and text mode, a run that stops on EOS); the
-voice prompt's x-vector and reference codes equal; the decoded waveform equal within 1e-4.
+Codes must be bit-identical (greedy and seeded sampling, every task and text mode, a run that stops on EOS, bfloat16
+weights as well as float32); the voice prompt's x-vector and reference codes equal; the decoded waveform equal within
+1e-4.
 """
 
 from __future__ import annotations
@@ -21,9 +22,23 @@ GENERATE_CASES = [c for c in CASES if c["task"] != "voice_prompt"]
 PROMPT_CASES = [c for c in CASES if c["task"] == "voice_prompt"]
 
 
+class Models:
+    """Our model per (checkpoint, dtype) of the cases, loaded when a case first asks."""
+
+    def __init__(self, checkpoints: dict[str, Path]) -> None:
+        self.checkpoints = checkpoints
+        self.loaded: dict[tuple[str, str], Qwen3TTS] = {}
+
+    def __getitem__(self, case: dict) -> Qwen3TTS:
+        key = (case["checkpoint"], case.get("dtype", "float32"))
+        if key not in self.loaded:
+            self.loaded[key] = Qwen3TTS.from_pretrained(self.checkpoints[key[0]], dtype=getattr(torch, key[1]))
+        return self.loaded[key]
+
+
 @pytest.fixture(scope="module")
-def models(checkpoints) -> dict[str, Qwen3TTS]:
-    return {name: Qwen3TTS.from_pretrained(path) for name, path in checkpoints.items()}
+def models(checkpoints) -> Models:
+    return Models(checkpoints)
 
 
 def voice_prompt(model: Qwen3TTS, case: dict, clips: dict[str, Path]) -> VoicePrompt:
@@ -50,7 +65,7 @@ def run_ours(model: Qwen3TTS, case: dict, clips: dict[str, Path]) -> tuple[torch
 @pytest.mark.parametrize("case", GENERATE_CASES, ids=[c["name"] for c in GENERATE_CASES])
 def test_codes_and_audio_match_official(case: dict, models, official, clips) -> None:
     expected = official[f"{case['checkpoint']}/{case['name']}"]
-    codes, wav = run_ours(models[case["checkpoint"]], case, clips)
+    codes, wav = run_ours(models[case], case, clips)
     assert codes.shape[0] > 0
     assert torch.equal(codes, expected["codes"]), "codes differ from the official generate"
     ref_wav = expected["wav"].numpy()
@@ -76,6 +91,6 @@ def test_greedy_cases_run_to_the_frame_limit(official) -> None:
 @pytest.mark.parametrize("case", PROMPT_CASES, ids=[c["name"] for c in PROMPT_CASES])
 def test_voice_prompt_matches_official(case: dict, models, official, clips) -> None:
     expected = official[f"{case['checkpoint']}/{case['name']}"]
-    voice = voice_prompt(models[case["checkpoint"]], case, clips)
+    voice = voice_prompt(models[case], case, clips)
     assert torch.equal(voice.ref_codes, expected["ref_code"])
-    torch.testing.assert_close(voice.x_vector, expected["x_vector"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(voice.x_vector.float(), expected["x_vector"], rtol=0, atol=1e-6)
