@@ -92,6 +92,8 @@ class Engine:
             torch.set_num_threads(max(uni_threads))
         dtype = getattr(torch, config.dtype) if config.dtype else None
         self.model = Qwen3TTS.from_pretrained(checkpoint, device=config.device, dtype=dtype)
+        # an `mp` stage loads its own weights: before its worker starts, this process lets go of them
+        self.model.release(talker=config.talker.executor == "mp", decoder=config.code2wav.executor == "mp")
         self.prep = PromptPrep(self.model, config.limits, int(config.voice_cache_mb * 2**20))
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-prep")
         self._streams: dict[str, _Stream] = {}

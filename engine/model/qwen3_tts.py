@@ -113,6 +113,10 @@ class Qwen3TTS:
         known = {f.name for f in dataclasses.fields(SamplingParams)}
         self.sampling_defaults = SamplingParams(**{k: v for k, v in files.generation_config.items() if k in known})
         self.sample_rate = files.speech_tokenizer_config.output_sample_rate
+        weight = network.talker.codec_head.weight
+        self.device: torch.device = weight.device
+        self.dtype: torch.dtype = weight.dtype
+        self.released: set[str] = set()  # "talker", "decoder": parts whose weights `release` freed
 
     @classmethod
     def from_pretrained(
@@ -124,13 +128,22 @@ class Qwen3TTS:
         codec = load_speech_tokenizer(files, device, dtype)
         return cls(files, network, codec, TextTokenizer.from_checkpoint(files.root))
 
-    @property
-    def device(self) -> torch.device:
-        return self.talker.codec_head.weight.device
+    def release(self, talker: bool = False, decoder: bool = False) -> None:
+        """Free the weights of the talker and/or the codec decoder (moved to the meta device), in a process that
+        prepares prompts while those parts run in stage workers of their own (which load their own copies): the
+        speaker encoder, the codec encoder and the text tokenizer stay. Generating or decoding afterwards raises."""
+        parts = {"talker": self.talker} if talker else {}
+        if decoder:
+            parts["decoder"] = self.speech_tokenizer.decoder
+        for name, module in parts.items():
+            module.to("meta")
+            self.released.add(name)
+        if parts and self.device.type == "cuda":
+            torch.cuda.empty_cache()  # give the freed blocks back, for the workers on the same GPU
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.talker.codec_head.weight.dtype
+    def _require(self, part: str) -> None:
+        if part in self.released:
+            raise RuntimeError(f"this model's {part} weights were released (they run in a stage worker)")
 
     @property
     def task(self) -> str:
@@ -172,6 +185,7 @@ class Qwen3TTS:
             raise ValueError("text: empty")
         if request.language.lower() not in self.languages:
             raise ValueError(f"language: {request.language!r} is not one of {', '.join(self.languages)}")
+        self._require("talker")  # its embeddings lay out the prompt
         tok, cfg = self.text_tokenizer, self.config
         text_ids = tok.assistant_text_ids(request.text)[None].to(self.device)
         mode = {} if request.non_streaming_mode is None else {"non_streaming": request.non_streaming_mode}
@@ -211,6 +225,7 @@ class Qwen3TTS:
     def decode(self, codes: Tensor, voice: VoicePrompt | None = None) -> np.ndarray:
         """24 kHz audio of the generated frames. For ICL the reference codes are decoded in front, as the official
         does, and their share of the samples is cut off."""
+        self._require("decoder")
         if voice is None or not voice.icl:
             return self.speech_tokenizer.decode(codes.to(self.device)).float().cpu().numpy()
         full = torch.cat([voice.ref_codes.to(self.device), codes.to(self.device)])

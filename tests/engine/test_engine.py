@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from engine import Engine, EngineConfig, EngineError, RequestError, SpeechRequest
 from engine.config import StageConfig
@@ -73,6 +74,19 @@ def reference_audio(model: Qwen3TTS, request: SpeechRequest, clips, seed: int | 
     wav = model.synthesize(inp, params, seed=seed).wav
     # the official ICL cut int(ref/total * N) can keep one extra leading sample; the stream cuts at ref * 1920
     return wav[len(wav) % 1920 :] if voice.icl else wav
+
+
+def test_mp_stages_hold_the_weights_the_engine_process_lets_go(mp: Engine, uni: Engine, clips) -> None:
+    def on_meta(module: torch.nn.Module) -> bool:
+        return all(p.device.type == "meta" for p in module.parameters())
+
+    model = mp.model
+    assert on_meta(model.talker) and on_meta(model.speech_tokenizer.decoder)
+    assert not on_meta(model.network.speaker_encoder) and not on_meta(model.speech_tokenizer.encoder)
+    assert not on_meta(uni.model.talker) and not on_meta(uni.model.speech_tokenizer.decoder)  # uni stages use them
+    np.testing.assert_array_equal(mp.synthesize(clone(clips, frames=6)).wav, uni.synthesize(clone(clips, frames=6)).wav)
+    with pytest.raises(RuntimeError, match="talker weights were released"):
+        model.generate_codes(SynthesisInput("voice_clone", "Hi.", voice=None), GREEDY)
 
 
 @pytest.mark.parametrize("kind", ["icl_greedy", "icl_seeded", "xvector_greedy", "xvector_seeded"])
