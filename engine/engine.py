@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.config import EngineConfig
-from engine.model.qwen3_tts import Qwen3TTS
+from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
 from engine.request import AudioChunk, EngineError, RequestError, SpeechRequest
@@ -182,6 +182,14 @@ class Engine:
         finally:
             self._end(rid, cancel=not stream.finished)
             rec.instant(FINISHED, request=rid)
+
+    def prepare_voice(self, ref_audio: bytes, x_vector_only: bool = False) -> Future[VoicePrompt]:
+        """Put a clip through the encoders now, on the prompt-prep thread, so that the first request cloning it finds
+        its voice cached (the app calls this when a clip is uploaded, while the user still types). The future raises
+        `RequestError` for a clip that a request would be refused for."""
+        if self._closed:
+            raise EngineError("the engine is closed")
+        return self._prep_pool.submit(self.prep.encode, ref_audio, not x_vector_only)
 
     def synthesize(self, request: SpeechRequest) -> Synthesis:
         """Blocking helper: the whole waveform of one request (call it from code with no running event loop)."""

@@ -136,13 +136,22 @@ class PromptPrep:
             raise RequestError(
                 "ref_text", "ICL voice cloning needs the transcript of the reference clip (or set x_vector_only_mode)"
             )
-        clip = self._clip(request.ref_audio)
+        voice = self.encode(request.ref_audio, icl)
+        return VoicePrompt(voice.x_vector, voice.ref_codes, request.ref_text)
+
+    def encode(self, audio: bytes | tuple[np.ndarray, int], icl: bool = True) -> VoicePrompt:
+        """A clip's voice without its transcript: from the cache, or through the encoders and into the cache."""
+        if self.model.task != "voice_clone":
+            raise RequestError("ref_audio", f"the loaded checkpoint serves {self.model.task!r}, not voice cloning")
+        clip = self._clip(audio)
         key = (hashlib.blake2b(clip.samples.tobytes(), digest_size=16).hexdigest(), icl)
         voice = self.voices.get(key)
         if voice is None:
-            voice = self.model.create_voice_prompt(clip, request.ref_text, x_vector_only=not icl)
-            self.voices.put(key, VoicePrompt(voice.x_vector, voice.ref_codes, None))
-        return VoicePrompt(voice.x_vector, voice.ref_codes, request.ref_text)
+            voice = self.model.encode_voice(clip, icl)
+            self.voices.put(key, voice)
+            if icl:  # the x-vector alone comes with it, should the clip be cloned x-vector only
+                self.voices.put((key[0], False), VoicePrompt(voice.x_vector))
+        return voice
 
     def _clip(self, audio: bytes | tuple[np.ndarray, int]) -> ReferenceAudio:
         try:

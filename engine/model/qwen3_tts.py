@@ -141,6 +141,10 @@ class Qwen3TTS:
         if parts and self.device.type == "cuda":
             torch.cuda.empty_cache()  # give the freed blocks back, for the workers on the same GPU
 
+    def _require_base(self) -> None:
+        if self.network.speaker_encoder is None:
+            raise ValueError(f"voice cloning needs a Base checkpoint; this one is {self.config.tts_model_type!r}")
+
     def _require(self, part: str) -> None:
         if part in self.released:
             raise RuntimeError(f"this model's {part} weights were released (they run in a stage worker)")
@@ -158,24 +162,29 @@ class Qwen3TTS:
     def speakers(self) -> list[str]:
         return sorted(self.config.talker_config.spk_id)
 
-    @torch.inference_mode()
     def create_voice_prompt(
         self, audio: ReferenceAudio, ref_text: str | None = None, x_vector_only: bool = False
     ) -> VoicePrompt:
         """x-vector (speaker encoder) and, for ICL, the reference codes (codec encoder) of a validated clip."""
-        if self.network.speaker_encoder is None:
-            raise ValueError(f"voice cloning needs a Base checkpoint; this one is {self.config.tts_model_type!r}")
+        self._require_base()
         if not x_vector_only and not (ref_text and ref_text.strip()):
             raise ValueError(
                 "ref_text: a transcript of the reference clip is required for ICL voice cloning "
                 "(or ask for x-vector-only cloning)"
             )
+        voice = self.encode_voice(audio, icl=not x_vector_only)
+        return VoicePrompt(voice.x_vector, voice.ref_codes, None if x_vector_only else ref_text)
+
+    @torch.inference_mode()
+    def encode_voice(self, audio: ReferenceAudio, icl: bool = True) -> VoicePrompt:
+        """The clip through the encoders, before any transcript is known: the x-vector, and the reference codes when
+        `icl`; the transcript is added per request."""
+        self._require_base()
         samples = torch.from_numpy(audio.samples)
         x_vector = extract_xvector(self.network.speaker_encoder, samples)
-        if x_vector_only:
+        if not icl:
             return VoicePrompt(x_vector)
-        codes = self.speech_tokenizer.encode(samples.to(self.device, self.dtype))
-        return VoicePrompt(x_vector, codes, ref_text)
+        return VoicePrompt(x_vector, self.speech_tokenizer.encode(samples.to(self.device, self.dtype)))
 
     def build_prompt(self, request: SynthesisInput) -> TalkerPrompt:
         """Validate the request against this checkpoint and lay out its talker prompt."""

@@ -234,3 +234,15 @@ def test_a_second_request_with_the_same_clip_skips_the_encoders(checkpoints, cli
         assert (engine.prep.voices.hits, engine.prep.voices.misses) == (1, 1)
         np.testing.assert_array_equal(again.wav, first.wav)
         assert 0 < engine.prep.voices.bytes <= engine.config.voice_cache_mb * 2**20
+
+
+def test_a_clip_prepared_ahead_makes_the_first_request_a_cache_hit(uni: Engine, clips) -> None:
+    clip = clips["stereo"].read_bytes()  # a clip no other test of this engine clones
+    voice = uni.prepare_voice(clip).result(timeout=60)
+    assert voice.icl and voice.ref_text is None  # the transcript comes with each request
+    hits, misses = uni.prep.voices.hits, uni.prep.voices.misses
+    uni.synthesize(clone(clips, frames=3, ref_audio=clip))
+    assert (uni.prep.voices.hits, uni.prep.voices.misses) == (hits + 1, misses)
+    with pytest.raises(RequestError) as refused:
+        uni.prepare_voice(b"not audio").result(timeout=60)
+    assert refused.value.field == "ref_audio"

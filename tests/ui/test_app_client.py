@@ -79,6 +79,20 @@ def test_a_voice_clone_from_an_uploaded_clip_streams_and_can_be_repeated(
     assert any(e.get("name") == "decode_step" for e in trace["traceEvents"])
 
 
+def test_an_uploaded_clip_is_encoded_before_generate(
+    client: Client, running_app: RunningApp, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    samples, rate = sf.read(clips["mono"])
+    fresh = tmp_path / "quieter.wav"  # a clip no other test has cloned
+    sf.write(fresh, samples * 0.5, rate)
+    client.predict("voice_clone", api_name="/set_task")
+    client.predict("voice_clone", handle_file(str(fresh)), api_name="/prepare_voice")  # what an upload triggers
+    voices = running_app.manager.engine.prep.voices
+    hits, misses = voices.hits, voices.misses
+    synthesize(client, text="Ready.", ref_audio=handle_file(str(fresh)), ref_text="Reference.", max_new_tokens=4)
+    assert (voices.hits, voices.misses) == (hits + 1, misses)  # Generate found the voice encoded
+
+
 def test_a_bad_request_names_its_field(client: Client, clips: dict[str, Path]) -> None:
     clip = handle_file(str(clips["mono"]))
     with pytest.raises(AppError, match="ref_text"):  # ICL cloning needs the clip's transcript

@@ -175,6 +175,18 @@ async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[
     yield (stream.url, request_cards(metrics, seed), seed, timeline, util, overhead, record.files, status)
 
 
+async def prepare_voice(manager: EngineManager, task: str, ref_audio: str | None) -> None:
+    """Put an uploaded or recorded clip through the encoders at once, while the user still types: Generate then finds
+    the voice cached. A clip that a request would be refused for says so now."""
+    clip = _read_clip(ref_audio)
+    if task != "voice_clone" or clip is None:
+        return
+    try:
+        await asyncio.wrap_future(manager.engine.prepare_voice(clip))
+    except RequestError as exc:
+        gr.Warning(str(exc))
+
+
 def save_voice(manager: EngineManager, name: str, ref_audio: str | None, ref_text: str, x_vector_only: bool) -> Any:
     if not name.strip():
         raise gr.Error("Give the voice a name.")
@@ -251,6 +263,11 @@ def build(manager: EngineManager) -> None:
         [player, cards, seed_used, timeline, util, overhead, files, status],
         api_name="synthesize",
     )
+
+    async def warm(task_name: str, clip_path: str | None) -> None:
+        await prepare_voice(manager, task_name, clip_path)
+
+    ref_audio.change(warm, [task, ref_audio], None, api_name="prepare_voice")
     save.click(
         lambda *a: save_voice(manager, *a),
         [voice_name, ref_audio, ref_text, x_vector_only],
