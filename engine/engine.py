@@ -9,6 +9,7 @@ listener consumes, so a slow listener pauses only its own talker row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from engine.prep import PromptPrep
 from engine.request import AudioChunk, EngineError, RequestError, SpeechRequest
 from engine.runtime import Executor, ExecutorError, TransportError, make_executor
 from engine.stages.factory import StageSpec, build_from_model, build_in_worker
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, StageOutput, TalkerJob
+from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, StageOutput, TalkerJob, WarmPrefix
 from profiling.events import (
     ADMITTED,
     AUDIO_CHUNK,
@@ -189,7 +190,16 @@ class Engine:
         `RequestError` for a clip that a request would be refused for."""
         if self._closed:
             raise EngineError("the engine is closed")
-        return self._prep_pool.submit(self.prep.encode, ref_audio, not x_vector_only)
+        return self._prep_pool.submit(self._prepare_voice, ref_audio, not x_vector_only)
+
+    def _prepare_voice(self, ref_audio: bytes, icl: bool) -> VoicePrompt:
+        """Encode the clip; for ICL also have code2wav decode its reference codes into its prefix cache (best effort:
+        a stage being replaced just misses the hint)."""
+        voice = self.prep.encode(ref_audio, icl)
+        if voice.ref_codes is not None and self._ready["code2wav"].is_set():
+            with contextlib.suppress(ExecutorError, TransportError):
+                self._stages["code2wav"].submit(WarmPrefix(voice.ref_codes.cpu()))
+        return voice
 
     def synthesize(self, request: SpeechRequest) -> Synthesis:
         """Blocking helper: the whole waveform of one request (call it from code with no running event loop)."""

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from engine.model.sampling import SamplingParams
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, TalkerJob
+from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, TalkerJob, WarmPrefix
 from profiling.events import COPY, HANDOFF, SERIALIZE, TRANSPORT, WAIT, Recorder, now_ns
 
 DEFAULT_RING_BYTES = 32 << 20
@@ -37,7 +37,7 @@ _CONTROL_BYTES = 64  # the segment's first cache line holds the reader's tail (u
 _PLAIN = (type(None), bool, int, float, str)
 
 MESSAGE_TYPES: dict[str, type] = {
-    c.__name__: c for c in (TalkerJob, CodeChunk, AudioOut, Credit, Cancel, Failed, SamplingParams)
+    c.__name__: c for c in (TalkerJob, CodeChunk, AudioOut, Credit, Cancel, Failed, WarmPrefix, SamplingParams)
 }
 _DTYPES: dict[str, torch.dtype] = {
     str(d): d

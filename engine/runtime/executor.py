@@ -204,7 +204,7 @@ class UniExecutor(Executor):
             if item is STOP:
                 return STOP
             msg, sent_ns = item
-            rec.record_span(HANDOFF, TRANSPORT, sent_ns, request=msg.request_id, bytes=0)
+            rec.record_span(HANDOFF, TRANSPORT, sent_ns, request=getattr(msg, "request_id", None), bytes=0)
             return msg
 
         try:

@@ -7,7 +7,8 @@ oldest waiting chunk (oldest first: no request starves; one chunk per request pe
 
 ICL: the first chunk may carry the reference clip's codes (`prefix_codes`). They run first as a warm-up item whose
 audio is dropped, so the request's audio is exactly `decode(ref ++ codes)[len(ref) * 1920:]`. Warmed states are
-cached by the prefix's content, so a voice used again skips that decode.
+cached by the prefix's content, so a voice used again skips that decode; `WarmPrefix` fills the cache ahead of the
+first request (as a request of its own that decodes the prefix and ends without output).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from engine.config import StageConfig
 from engine.model.codec import Code2Wav, DecoderState
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput
+from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput, WarmPrefix
 from profiling import events
 
 INTEGER_CODES = (torch.int64, torch.int32)
@@ -45,6 +46,11 @@ class _Request:
     items: deque[_Item] = field(default_factory=deque)
     state: DecoderState | None = None  # None: nothing decoded yet (the zero state)
     next_index: int = 0
+    warm_only: bool = False  # a WarmPrefix: ends once its prefix is decoded
+
+
+def _prefix_key(prefix: Tensor) -> bytes:
+    return hashlib.blake2b(prefix.cpu().numpy().tobytes(), digest_size=16).digest()
 
 
 class Code2WavStage:
@@ -82,8 +88,10 @@ class Code2WavStage:
             self._drop(message.request_id)
         elif isinstance(message, CodeChunk):
             self._take_chunk(message)
+        elif isinstance(message, WarmPrefix):
+            self._take_warm(message)
         else:
-            raise TypeError(f"code2wav takes CodeChunk and Cancel, got {type(message).__name__}")
+            raise TypeError(f"code2wav takes CodeChunk, WarmPrefix and Cancel, got {type(message).__name__}")
 
     def has_work(self) -> bool:
         return bool(self._pending) or any(req.items for req in self._requests.values())
@@ -101,7 +109,7 @@ class Code2WavStage:
         return out
 
     def in_flight(self) -> list[str]:
-        return list(self._requests)
+        return [rid for rid, req in self._requests.items() if not req.warm_only]
 
     # --- intake
 
@@ -121,9 +129,21 @@ class Code2WavStage:
         codes = chunk.codes.to(torch.int64)
         if chunk.prefix_codes is not None and chunk.prefix_codes.shape[0] and codes.shape[0]:
             prefix = chunk.prefix_codes.to(torch.int64).contiguous()
-            key = hashlib.blake2b(prefix.cpu().numpy().tobytes(), digest_size=16).digest()
-            req.items.append(_Item(prefix, next(self._seq), now, None, key))
+            req.items.append(_Item(prefix, next(self._seq), now, None, _prefix_key(prefix)))
         req.items.append(_Item(codes, next(self._seq), now, chunk))
+
+    def _take_warm(self, warm: WarmPrefix) -> None:
+        """Queue the prefix's decode unless it is cached, queued already, or unfit (a bad one is only logged: no
+        request waits for it, and the request that brings it gets the error)."""
+        prefix = warm.prefix_codes.to(torch.int64).contiguous()
+        key = _prefix_key(prefix)
+        rid = f"warm:{key.hex()}"
+        if key in self._prefix_cache or rid in self._requests or not prefix.shape[0]:
+            return
+        if self._check(CodeChunk(rid, 0, prefix, True), 0) is not None:
+            return
+        item = _Item(prefix, next(self._seq), events.now_ns(), None, key)
+        self._requests[rid] = _Request(deque([item]), warm_only=True)
 
     def _check(self, chunk: CodeChunk, expected_index: int) -> str | None:
         """Why a chunk cannot be decoded, found before it can fail a batch (or trip a CUDA assert)."""
@@ -171,6 +191,9 @@ class Code2WavStage:
                 self._prefix_cache.move_to_end(head.prefix_key)
                 req.state = self._prefix_cache[head.prefix_key]
                 req.items.popleft()
+                if req.warm_only:  # warmed meanwhile by a request with the same voice
+                    del self._requests[rid]
+                    return
             else:
                 return
 
@@ -188,10 +211,13 @@ class Code2WavStage:
         items = [req.items[0] for req in reqs]
         frames = items[0].codes.shape[0]
         start = events.now_ns()
+        requests = [rid for rid, req in zip(group, reqs, strict=True) if not req.warm_only]
+        warming = {"warming": len(group) - len(requests)} if len(requests) < len(group) else {}
         try:
             with self.recorder.span(
-                events.CODE2WAV_DECODE, events.CODE2WAV, batch_size=len(group), frames=frames, requests=group
-            ):
+                events.CODE2WAV_DECODE, events.CODE2WAV, batch_size=len(group), frames=frames, requests=requests,
+                **warming,
+            ):  # fmt: skip
                 audio, states = self._run(
                     torch.stack([item.codes for item in items]),
                     [self._zero_state if r.state is None else r.state for r in reqs],
@@ -206,6 +232,8 @@ class Code2WavStage:
             req.state = state
             if item.chunk is None:  # a warmed ICL prefix: keep the state, drop the audio
                 self._cache_prefix(item.prefix_key, state)
+                if req.warm_only:
+                    del self._requests[rid]
                 continue
             self.recorder.record_span(events.QUEUE_WAIT, events.CODE2WAV, item.submitted_ns, start, request=rid)
             out.append(AudioOut(rid, item.chunk.index, audio[i].clone(), frames, item.chunk.is_last))

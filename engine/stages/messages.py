@@ -1,8 +1,8 @@
 """Messages into and out of the stages. Each is a dataclass of tensors and plain values; the runtime moves them
 (in-process as they are, between processes with tensors in shared memory), the stages never see how.
 
-Flow: engine -> talker: TalkerJob, Credit, Cancel; talker -> code2wav: CodeChunk (and Cancel); code2wav -> engine:
-AudioOut; any stage -> engine: Failed.
+Flow: engine -> talker: TalkerJob, Credit, Cancel; talker -> code2wav: CodeChunk (and Cancel); engine -> code2wav:
+WarmPrefix; code2wav -> engine: AudioOut; any stage -> engine: Failed.
 """
 
 from __future__ import annotations
@@ -45,6 +45,14 @@ class CodeChunk:
 
 
 @dataclass
+class WarmPrefix:
+    """A voice's reference codes, sent ahead of any request that clones it: code2wav decodes them into its prefix
+    cache, so the first such request skips that decode before its first audio. No answer comes back."""
+
+    prefix_codes: Tensor  # (frames, 16) int64
+
+
+@dataclass
 class AudioOut:
     request_id: str
     index: int
@@ -76,5 +84,5 @@ class Failed:
     message: str
 
 
-StageInput = TalkerJob | CodeChunk | Credit | Cancel
+StageInput = TalkerJob | CodeChunk | Credit | Cancel | WarmPrefix
 StageOutput = CodeChunk | AudioOut | Failed

@@ -11,7 +11,7 @@ from engine.model.codec import Code2Wav
 from engine.model.prompt import icl_trim_start
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.stages.code2wav import Code2WavStage
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed
+from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, WarmPrefix
 from profiling import events
 
 SAMPLES_PER_FRAME = 1920
@@ -107,6 +107,23 @@ def test_icl_prefix_is_decoded_first_and_its_audio_dropped(model: Qwen3TTS, deco
     torch.testing.assert_close(joined(run(stage), "b"), expected, atol=ATOL, rtol=0)
     decoded = [e.args["frames"] for e in recorder.drain() if e.name == events.CODE2WAV_DECODE]
     assert decoded.count(15) == 1
+
+
+def test_a_prefix_warmed_ahead_spares_the_first_request_its_decode(decoder: Code2Wav) -> None:
+    ref, codes = random_codes(15, seed=4), random_codes(6, seed=5)
+    stage, recorder = make_stage(decoder)
+    stage.submit(WarmPrefix(ref))
+    stage.submit(WarmPrefix(ref.clone()))  # the same voice again while queued: one decode
+    stage.submit(WarmPrefix(random_codes(3, seed=6) + 5000))  # unfit codes: nothing to warm, nothing to answer
+    assert stage.in_flight() == []  # no request is held by a warm-up
+    assert run(stage) == []  # and none is answered
+    for chunk in chunks("a", codes, [2, 4], prefix=ref):
+        stage.submit(chunk)
+    expected = one_shot(decoder, torch.cat([ref, codes]))[15 * SAMPLES_PER_FRAME :]
+    torch.testing.assert_close(joined(run(stage), "a"), expected, atol=ATOL, rtol=0)
+    decodes = [e for e in recorder.drain() if e.name == events.CODE2WAV_DECODE]
+    assert [e.args["frames"] for e in decodes] == [15, 2, 4]  # the prefix once, ahead of the request
+    assert decodes[0].args["requests"] == [] and decodes[0].args["warming"] == 1
 
 
 def test_interleaved_requests_decode_in_shared_batches(decoder: Code2Wav) -> None:

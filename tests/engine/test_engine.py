@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import soundfile as sf
 import torch
 
 from engine import Engine, EngineConfig, EngineError, RequestError, SpeechRequest
@@ -20,6 +21,7 @@ from engine.config import StageConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
+from profiling import events as ev
 
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
 REF_TEXT = "This is the reference clip."
@@ -236,13 +238,29 @@ def test_a_second_request_with_the_same_clip_skips_the_encoders(checkpoints, cli
         assert 0 < engine.prep.voices.bytes <= engine.config.voice_cache_mb * 2**20
 
 
-def test_a_clip_prepared_ahead_makes_the_first_request_a_cache_hit(uni: Engine, clips) -> None:
-    clip = clips["stereo"].read_bytes()  # a clip no other test of this engine clones
-    voice = uni.prepare_voice(clip).result(timeout=60)
+@pytest.mark.parametrize("executors", ["uni", "mp"])
+def test_a_clip_prepared_ahead_spares_the_first_request_its_encoders_and_prefix_decode(
+    executors: str, request: pytest.FixtureRequest, clips, tmp_path: Path
+) -> None:
+    engine: Engine = request.getfixturevalue(executors)
+    samples, rate = sf.read(clips["mono"])
+    fresh = tmp_path / "fresh.wav"  # a clip no other test of this engine clones
+    sf.write(fresh, samples * (0.5 if executors == "uni" else 0.6), rate)
+    clip = fresh.read_bytes()
+    engine.timeline()  # drop the events of earlier tests
+    voice = engine.prepare_voice(clip).result(timeout=60)
     assert voice.icl and voice.ref_text is None  # the transcript comes with each request
-    hits, misses = uni.prep.voices.hits, uni.prep.voices.misses
-    uni.synthesize(clone(clips, frames=3, ref_audio=clip))
-    assert (uni.prep.voices.hits, uni.prep.voices.misses) == (hits + 1, misses)
+    ref_frames = voice.ref_codes.shape[0]
+    deadline, warmed = time.monotonic() + 60, []
+    while not warmed:  # code2wav decodes the reference codes in the background
+        assert time.monotonic() < deadline, "the prefix was never warmed"
+        warmed = [e for e in engine.timeline().select(name=ev.CODE2WAV_DECODE) if e.args.get("warming")]
+    assert warmed[0].args["frames"] == ref_frames
+    hits, misses = engine.prep.voices.hits, engine.prep.voices.misses
+    engine.synthesize(clone(clips, frames=3, ref_audio=clip))
+    assert (engine.prep.voices.hits, engine.prep.voices.misses) == (hits + 1, misses)
+    decoded = [e.args["frames"] for e in engine.timeline().select(name=ev.CODE2WAV_DECODE)]
+    assert ref_frames not in decoded and sum(decoded) == 3  # only the request's own three frames
     with pytest.raises(RequestError) as refused:
-        uni.prepare_voice(b"not audio").result(timeout=60)
+        engine.prepare_voice(b"not audio").result(timeout=60)
     assert refused.value.field == "ref_audio"
