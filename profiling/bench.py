@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from profiling.gpu_idle import IdleSplit
 from profiling.metrics import RequestMetrics, RunMetrics, run_metrics
 from profiling.prompts import PROMPT_SET, Job, PromptSet
 from profiling.run import no_nan
 
 CSV_METRICS = ("ttfa_s", "rtf", "e2e_s", "underrun_s")
+IDLE_PARTS = ("gpu_busy", "gpu_waiting_for_host", "launch_latency", "host_waiting_for_kernel")  # IdleSplit's *_us
 CSV_STATS = ("mean", "p50", "p90", "p95", "p99", "max")
 
 
@@ -46,6 +48,7 @@ class Level:
     errors: list[str] = field(default_factory=list)
     cpu_percent: float = float("nan")  # the engine's processes together (100 = one core), embedded runs only
     gpu_busy_percent: float = float("nan")  # NVML, mean over the GPUs; NaN without one
+    gpu_idle_ms: dict[str, float] = field(default_factory=dict)  # `--capture` of a CUDA run: IDLE_PARTS, summed
 
     def row(self) -> dict[str, Any]:
         m = self.metrics
@@ -60,6 +63,7 @@ class Level:
             "continuity_ok_rate": m.continuity_ok_rate,
             "cpu_percent": self.cpu_percent,
             "gpu_busy_percent": self.gpu_busy_percent,
+            **{f"{part}_ms": self.gpu_idle_ms.get(part, float("nan")) for part in IDLE_PARTS},
         }
         for name in CSV_METRICS:
             for stat, value in getattr(m, name).to_dict().items():
@@ -145,6 +149,7 @@ class Repeat(NamedTuple):
     errors: list[str]
     cpu_percent: float = float("nan")
     gpu_busy_percent: float = float("nan")
+    gpu_idle: IdleSplit | None = None
 
 
 def _level(series: str, c: int, repeats: Sequence[Repeat]) -> Level:
@@ -156,6 +161,8 @@ def _level(series: str, c: int, repeats: Sequence[Repeat]) -> Level:
         return sum(v * r.wall_s for v, r in zip(values, repeats, strict=True)) / wall if wall > 0 else float("nan")
 
     per_request = [m for r in repeats for m in r.per_request]
+    splits = [r.gpu_idle for r in repeats if r.gpu_idle is not None]
+    idle = {part: sum(getattr(x, f"{part}_us") for x in splits) / 1e3 for part in IDLE_PARTS} if splits else {}
     return Level(
         series,
         c,
@@ -164,6 +171,7 @@ def _level(series: str, c: int, repeats: Sequence[Repeat]) -> Level:
         [e for r in repeats for e in r.errors],
         cpu_percent=weighted([r.cpu_percent for r in repeats]),
         gpu_busy_percent=weighted([r.gpu_busy_percent for r in repeats]),
+        gpu_idle_ms=idle,
     )
 
 
@@ -179,9 +187,15 @@ def sweep_engine(
     label: str = "engine",
     progress: Progress | None = None,
     save_runs: Path | None = None,
+    capture: bool = False,
 ) -> list[Level]:
-    """`jobs(n, offset)` -> SpeechRequests. Each level runs `repeat` times per recording mode, modes alternating."""
+    """`jobs(n, offset)` -> SpeechRequests. Each level runs `repeat` times per recording mode, modes alternating.
+    `capture`: torch.profiler in every stage process for every run (traces under `save_runs`, which it needs), and
+    from a CUDA run the GPU idle split per level; the capture slows the runs it measures."""
     from profiling.run import profile_run
+
+    if capture and save_runs is None:
+        raise ValueError("capture needs save_runs: the traces are written to each run's folder")
 
     if warmup:
         engine.set_recording(True)
@@ -199,6 +213,7 @@ def sweep_engine(
                     jobs(n, warmup),
                     concurrency=c,
                     run_dir=run_dir,
+                    capture=capture,
                     progress=(lambda done, total: progress(1)) if progress else None,
                 )
                 cpus, gpus = list(r.utilization.values()), list(r.gpu_busy_percent.values())
@@ -209,9 +224,11 @@ def sweep_engine(
                         list(r.errors.values()),
                         sum(cpus) if cpus else float("nan"),
                         sum(gpus) / len(gpus) if gpus else float("nan"),
+                        r.gpu_idle,
                     )
                 )
-        levels += [_level(f"{label} · recording {m}", c, results[m]) for m in recording]
+        captured = " · captured" if capture else ""
+        levels += [_level(f"{label} · recording {m}{captured}", c, results[m]) for m in recording]
     engine.set_recording(True)
     return levels
 
@@ -293,6 +310,11 @@ def main(argv: Sequence[str] | None = None) -> Bench:
     p.add_argument("--sample-rate", type=int, default=24000, help="the server's PCM rate")
     p.add_argument("--recording", choices=["on", "off", "both"], default="on", help="engine event recording")
     p.add_argument("--save-runs", action="store_true", help="write each embedded run's folder under <out>/runs/")
+    p.add_argument(
+        "--capture",
+        action="store_true",
+        help="torch.profiler in every run (implies --save-runs; slows the runs); on CUDA: the GPU idle split per level",
+    )
     p.add_argument("--label", help="series name in the charts")
     args = p.parse_args(argv)
 
@@ -360,7 +382,7 @@ def _embedded(args: argparse.Namespace, prompts: PromptSet, modes: list[str], me
                 out.append(_request(job, task, speaker, max_new, args.x_vector_only, f"b{counter[0]}"))
             return out
 
-        save = Path(args.out) / "runs" if args.save_runs else None
+        save = Path(args.out) / "runs" if args.save_runs or args.capture else None
         return sweep_engine(
             engine,
             jobs,
@@ -372,6 +394,7 @@ def _embedded(args: argparse.Namespace, prompts: PromptSet, modes: list[str], me
             label=args.label or Path(config_path).stem,
             progress=update,
             save_runs=save,
+            capture=args.capture,
         )
 
 
@@ -387,6 +410,7 @@ def _report(bench: Bench, paths: dict[str, Path]) -> None:
             f"  rtf p50 {m.rtf.p50:.3f}  errors {len(lv.errors)}"
             + (f"  cpu {lv.cpu_percent:.0f}%" if lv.cpu_percent == lv.cpu_percent else "")
             + (f"  gpu busy {lv.gpu_busy_percent:.0f}%" if lv.gpu_busy_percent == lv.gpu_busy_percent else "")
+            + "".join(f"  {part} {ms:.1f} ms" for part, ms in lv.gpu_idle_ms.items())
         )
     for c, pct in bench.recording_cost().items():
         print(f"event recording at c={c}: throughput {-pct:+.1f}% with recording on than off")
