@@ -216,17 +216,8 @@ def sweep_engine(
                     capture=capture,
                     progress=(lambda done, total: progress(1)) if progress else None,
                 )
-                cpus, gpus = list(r.utilization.values()), list(r.gpu_busy_percent.values())
-                results[mode].append(
-                    Repeat(
-                        r.per_request,
-                        r.wall_s,
-                        list(r.errors.values()),
-                        sum(cpus) if cpus else float("nan"),
-                        sum(gpus) / len(gpus) if gpus else float("nan"),
-                        r.gpu_idle,
-                    )
-                )
+                utilization = (r.cpu_percent, r.gpu_busy_mean_percent, r.gpu_idle)
+                results[mode].append(Repeat(r.per_request, r.wall_s, list(r.errors.values()), *utilization))
         captured = " · captured" if capture else ""
         levels += [_level(f"{label} · recording {m}{captured}", c, results[m]) for m in recording]
     engine.set_recording(True)

@@ -72,6 +72,17 @@ class RunResult:
     gpu_idle: IdleSplit | None = None  # from a capture with GPU ops
     run_dir: Path | None = None
 
+    @property
+    def cpu_percent(self) -> float:
+        """The engine's processes together (100 = one core busy), mean over the run; NaN when unsampled."""
+        return sum(self.utilization.values()) if self.utilization else float("nan")
+
+    @property
+    def gpu_busy_mean_percent(self) -> float:
+        """NVML busy %, mean over the run and the GPUs; NaN without a GPU."""
+        values = list(self.gpu_busy_percent.values())
+        return sum(values) / len(values) if values else float("nan")
+
     def trace(self) -> dict[str, Any]:
         """The Perfetto trace (built on demand: with torch traces it can be large)."""
         return chrome_trace(self.timeline, self.torch_traces)

@@ -40,6 +40,8 @@ class RunOutcome:
     errors: dict[str, str] = field(default_factory=dict)  # request id -> why it failed
     files: dict[str, Path] = field(default_factory=dict)  # audio, trace (Perfetto JSON), tensorboard (zip), metrics
     gpu_idle: IdleSplit | None = None  # a torch capture of a CUDA run
+    cpu_percent: float = float("nan")  # mean CPU % of the engine's processes together (100 = one core)
+    gpu_busy_percent: float = float("nan")  # mean NVML busy % over the GPUs; NaN without one
 
 
 class _Tap:
@@ -91,6 +93,8 @@ async def run_requests(
         errors=result.errors,
         files=files,
         gpu_idle=result.gpu_idle,
+        cpu_percent=result.cpu_percent,
+        gpu_busy_percent=result.gpu_busy_mean_percent,
     )
 
 

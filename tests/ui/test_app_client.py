@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -114,6 +115,9 @@ def test_a_comparison_of_uni_against_mp(client: Client) -> None:
     rows = {r[0]: r[1:] for r in table["data"]}
     a, b, diff, _ = rows["wall time (s)"]
     assert a > 0 and b > 0 and diff == pytest.approx(b - a, abs=1e-3)
+    cpu_a, cpu_b, _, _ = rows["CPU % (engine processes, 100 = a core)"]
+    assert cpu_a > 0 and cpu_b > 0  # mp: the engine's process and both workers, together
+    assert ("GPU busy % (NVML)" in rows) == torch.cuda.is_available()
     assert sum(f.endswith("trace.json") for f in files) == 2
 
 

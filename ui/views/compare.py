@@ -16,21 +16,22 @@ from engine import EngineConfig, RequestError, SpeechRequest
 from engine.model.sampling import SamplingParams
 from engine.request import EngineError
 from profiling.figures import timeline_figure
-from profiling.metrics import RunMetrics
 from ui.profiled import RunOutcome, run_requests
 from ui.state import TINY_TASK_OF, EngineManager, RunRecord, demo_clip, describe, preset_configs
 
 TASK_OF_TINY = {tiny: task for task, tiny in TINY_TASK_OF.items()}
 
-# (label, getter, lower is better)
+# (label, getter of a RunOutcome, lower is better)
 ROWS: list[tuple[str, Any, bool]] = [
-    ("wall time (s)", lambda m: m.wall_s, True),
-    ("time to first audio p50 (s)", lambda m: m.ttfa_s.p50, True),
-    ("RTF p50 (lower is faster)", lambda m: m.rtf.p50, True),
-    ("× real-time p50 (1 / RTF)", lambda m: 1 / m.rtf.p50 if m.rtf.p50 > 0 else float("nan"), False),
-    ("end-to-end p50 (s)", lambda m: m.e2e_s.p50, True),
-    ("audio s per wall s", lambda m: m.audio_s_per_s, False),
-    ("underrun p99 (s)", lambda m: m.underrun_s.p99, True),
+    ("wall time (s)", lambda o: o.run.wall_s, True),
+    ("time to first audio p50 (s)", lambda o: o.run.ttfa_s.p50, True),
+    ("RTF p50 (lower is faster)", lambda o: o.run.rtf.p50, True),
+    ("× real-time p50 (1 / RTF)", lambda o: 1 / o.run.rtf.p50 if o.run.rtf.p50 > 0 else float("nan"), False),
+    ("end-to-end p50 (s)", lambda o: o.run.e2e_s.p50, True),
+    ("audio s per wall s", lambda o: o.run.audio_s_per_s, False),
+    ("underrun p99 (s)", lambda o: o.run.underrun_s.p99, True),
+    ("CPU % (engine processes, 100 = a core)", lambda o: o.cpu_percent, True),
+    ("GPU busy % (NVML)", lambda o: o.gpu_busy_percent, False),
 ]
 
 
@@ -81,10 +82,13 @@ def shared_timeline(a: RunOutcome, b: RunOutcome) -> go.Figure:
     return fig
 
 
-def metrics_table(a: RunMetrics, b: RunMetrics) -> list[list[Any]]:
+def metrics_table(a: RunOutcome, b: RunOutcome) -> list[list[Any]]:
+    """One row per metric: A, B, their difference and ratio (a GPU row only where a GPU was sampled)."""
     rows = []
     for label, get, _ in ROWS:
         va, vb = get(a), get(b)
+        if va != va and vb != vb:  # NaN on both sides: not measured here (no GPU)
+            continue
         ratio = vb / va if va else float("nan")
         rows.append([label, round(va, 4), round(vb, 4), round(vb - va, 4), round(ratio, 3)])
     return rows
@@ -154,7 +158,7 @@ async def compare(
             },
         )
     )
-    return shared_timeline(a, b), metrics_table(a.run, b.run), verdict(a, b), files
+    return shared_timeline(a, b), metrics_table(a, b), verdict(a, b), files
 
 
 def build(manager: EngineManager) -> None:
