@@ -134,36 +134,13 @@ CASES: list[dict] = [
     # the voice prompt alone: x-vector and reference codes, from a 24 kHz mono and a 16 kHz stereo clip
     {"name": "prompt_mono", "checkpoint": "base", "task": "voice_prompt", "ref": "mono", "ref_text": REF_TEXT},
     {"name": "prompt_stereo", "checkpoint": "base", "task": "voice_prompt", "ref": "stereo", "ref_text": REF_TEXT},
-    # bfloat16 weights (RoPE frequencies stay float32 on both sides): voice prompt, greedy and seeded cloning
-    {
-        "name": "prompt_bf16",
-        "checkpoint": "base",
-        "task": "voice_prompt",
-        "ref": "mono",
-        "ref_text": REF_TEXT,
-        "dtype": "bfloat16",
-    },  # fmt: skip
-    {
-        "name": "clone_icl_bf16",
-        "checkpoint": "base",
-        "task": "voice_clone",
-        "text": TEXT,
-        "language": "English",
-        "ref": "mono",
-        "ref_text": REF_TEXT,
-        "gen": GREEDY,
-        "dtype": "bfloat16",
-    },
-    {
-        "name": "clone_sampled_bf16",
-        "checkpoint": "base",
-        "task": "voice_clone",
-        "text": TEXT,
-        "language": "English",
-        "ref": "mono",
-        "ref_text": REF_TEXT,
-        "gen": SAMPLED,
-        "seed": 7,
-        "dtype": "bfloat16",
-    },
+]
+
+# bfloat16 weights (RoPE frequencies stay float32 on both sides): the voice prompt, greedy and seeded cloning
+BF16 = {"dtype": "bfloat16"}
+_BY_NAME = {c["name"]: c for c in CASES}
+CASES += [
+    {**_BY_NAME["prompt_mono"], "name": "prompt_bf16", **BF16},
+    {**_BY_NAME["clone_icl_streaming"], "name": "clone_icl_bf16", **BF16},
+    {**_BY_NAME["clone_sampled"], "name": "clone_sampled_bf16", "seed": 7, **BF16},
 ]
