@@ -87,11 +87,20 @@ def test_an_uploaded_clip_is_encoded_before_generate(
     fresh = tmp_path / "quieter.wav"  # a clip no other test has cloned
     sf.write(fresh, samples * 0.5, rate)
     client.predict("voice_clone", api_name="/set_task")
-    client.predict("voice_clone", handle_file(str(fresh)), api_name="/prepare_voice")  # what an upload triggers
+    status = client.predict("voice_clone", handle_file(str(fresh)), api_name="/prepare_voice")  # on upload
+    assert status.startswith("Reference clip ready: encoded in")
     voices = running_app.manager.engine.prep.voices
     hits, misses = voices.hits, voices.misses
     synthesize(client, text="Ready.", ref_audio=handle_file(str(fresh)), ref_text="Reference.", max_new_tokens=4)
     assert (voices.hits, voices.misses) == (hits + 1, misses)  # Generate found the voice encoded
+
+
+def test_an_unreadable_upload_is_refused_at_once(client: Client, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.wav"
+    bad.write_bytes(b"not audio at all")
+    client.predict("voice_clone", api_name="/set_task")
+    status = client.predict("voice_clone", handle_file(str(bad)), api_name="/prepare_voice")
+    assert status.startswith("Reference clip refused: ref_audio")
 
 
 def test_a_bad_request_names_its_field(client: Client, clips: dict[str, Path]) -> None:

@@ -175,16 +175,23 @@ async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[
     yield (stream.url, request_cards(metrics, seed), seed, timeline, util, overhead, record.files, status)
 
 
-async def prepare_voice(manager: EngineManager, task: str, ref_audio: str | None) -> None:
+async def prepare_voice(manager: EngineManager, task: str, ref_audio: str | None) -> Any:
     """Put an uploaded or recorded clip through the encoders at once, while the user still types: Generate then finds
-    the voice cached. A clip that a request would be refused for says so now."""
+    the voice cached. A clip that a request would be refused for says so now. Returns the status line."""
     clip = _read_clip(ref_audio)
     if task != "voice_clone" or clip is None:
-        return
+        return gr.skip()
+    start = time.perf_counter()
     try:
-        await asyncio.wrap_future(manager.engine.prepare_voice(clip))
+        voice = await asyncio.wrap_future(manager.engine.prepare_voice(clip))
     except RequestError as exc:
         gr.Warning(str(exc))
+        return f"Reference clip refused: {exc}"
+    frames = voice.ref_codes.shape[0] if voice.ref_codes is not None else 0
+    return (
+        f"Reference clip ready: encoded in {(time.perf_counter() - start) * 1000:.0f} ms ({frames} frames of "
+        "reference codes, now warming the decoder)."
+    )
 
 
 def save_voice(manager: EngineManager, name: str, ref_audio: str | None, ref_text: str, x_vector_only: bool) -> Any:
@@ -264,10 +271,10 @@ def build(manager: EngineManager) -> None:
         api_name="synthesize",
     )
 
-    async def warm(task_name: str, clip_path: str | None) -> None:
-        await prepare_voice(manager, task_name, clip_path)
+    async def warm(task_name: str, clip_path: str | None) -> Any:
+        return await prepare_voice(manager, task_name, clip_path)
 
-    ref_audio.change(warm, [task, ref_audio], None, api_name="prepare_voice")
+    ref_audio.change(warm, [task, ref_audio], [status], api_name="prepare_voice")
     save.click(
         lambda *a: save_voice(manager, *a),
         [voice_name, ref_audio, ref_text, x_vector_only],
