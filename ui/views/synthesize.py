@@ -123,21 +123,24 @@ async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[
     """Outputs: player stream URL, metric cards, seed used, timeline, utilization, overhead, downloads, status."""
     *request_args, talker, code2wav, seqs, first, steady, torch_capture = args
     task = request_args[0]
-    skip = gr.skip()
+    # cards, seed, plots, files: the last run's go. None, not "": the later yields then reach a client as "replace"
+    # diffs, which gradio_client <= 2.5 applies correctly even when it lost this yield (it can register a fast event
+    # after its first message arrived); an "append" onto "" would break it.
+    cleared = (None,) * 6
     try:
         settings = EngineSettings(talker, code2wav, int(seqs), int(first), int(steady))
         config = manager.config_for_task(task, settings.apply(manager.config))
     except ConfigError as exc:
         raise gr.Error(f"engine settings: {exc}") from exc
     if config != manager.config:
-        yield (skip,) * 7 + (f"Starting the engine: {describe(config)} …",)
+        yield (None, *cleared, f"Starting the engine: {describe(config)} …")
     engine = await asyncio.to_thread(manager.switch, config)
     try:
         request = build_request(manager, *request_args)
     except RequestError as exc:
         raise gr.Error(str(exc)) from exc
     stream = manager.streams.open(engine.model.sample_rate)
-    yield (stream.url,) + (skip,) * 6 + ("Generating …",)
+    yield (stream.url, *cleared, "Generating …")
     run_id, run_dir = manager.new_run_dir("synthesize")
     try:
         outcome = await run_requests(
