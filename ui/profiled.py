@@ -1,5 +1,5 @@
 """The app's one door into profiled runs: every view calls `run_requests` and `sweep` here, which use the
-profiler's runner (`profiling.run.profile_run_async`, `profiling.bench.sweep_engine`), and gets back what it draws and
+profiler's runner (`profiling.run.profile_run_async`, `profiling.sweep.sweep_engine`), and gets back what it draws and
 what the user downloads.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
-from profiling.bench import Bench, sweep_engine
 from profiling.events import Timeline
 from profiling.gpu_idle import IdleSplit
 from profiling.metrics import RequestBreakdown, RequestMetrics, RunMetrics
 from profiling.run import profile_run_async
+from profiling.sweep import Bench, sweep_engine
 
 OnChunk = Callable[[AudioChunk], None]
 

@@ -15,7 +15,7 @@ import uvicorn
 import yaml
 
 from engine import Engine, EngineConfig
-from profiling import bench
+from profiling import bench, sweep
 from profiling.gpu_idle import IdleSplit
 from profiling.prompts import PromptSet
 from profiling.speech_client import run_requests, speech_url
@@ -53,21 +53,22 @@ def test_a_sweep_against_the_embedded_engine_with_recording_on_and_off(checkpoin
 def test_a_captured_sweep_keeps_each_runs_traces_and_the_gpu_idle_columns(checkpoints, tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": str(checkpoints["base"])}))
-    sweep = ["--concurrency", "1", "--requests-per-level", "1", "--warmup", "0", "--max-new-tokens", "4"]
-    bench.main(["--config", str(config), *sweep, "--capture", "--out", str(tmp_path / "out")])
+    one_run = ["--concurrency", "1", "--requests-per-level", "1", "--warmup", "0", "--max-new-tokens", "4"]
+    bench.main(["--config", str(config), *one_run, "--capture", "--out", str(tmp_path / "out")])
     assert list((tmp_path / "out" / "runs" / "c1-recon-0" / "tb").glob("engine.*.pt.trace.json"))
     (level,) = json.loads((tmp_path / "out" / "bench.json").read_text())["levels"]
     assert level["series"] == "tiny · recording on · captured"
-    assert [level[f"{part}_ms"] for part in bench.IDLE_PARTS] == [None] * 4  # a CPU config: no GPU ops to split
+    assert [level[f"{part}_ms"] for part in sweep.IDLE_PARTS] == [None] * 4  # a CPU config: no GPU ops to split
 
 
 def test_a_level_sums_the_gpu_idle_split_of_its_runs() -> None:
     split = IdleSplit(window_us=10_000, gpu_busy_us=4_000, gpu_waiting_for_host_us=3_000, launch_latency_us=2_000,
                       host_waiting_for_kernel_us=1_500)  # fmt: skip
-    level = bench._level("s", 1, [bench.Repeat([], 1.0, [], gpu_idle=split), bench.Repeat([], 1.0, [], gpu_idle=split)])
+    run = sweep.Repeat([], 1.0, [], gpu_idle=split)
+    level = sweep.level_of("s", 1, [run, run])
     row = level.row()
-    assert [row[f"{part}_ms"] for part in bench.IDLE_PARTS] == [8.0, 6.0, 4.0, 3.0]
-    assert bench._level("s", 1, [bench.Repeat([], 1.0, [])]).gpu_idle_ms == {}  # nothing captured
+    assert [row[f"{part}_ms"] for part in sweep.IDLE_PARTS] == [8.0, 6.0, 4.0, 3.0]
+    assert sweep.level_of("s", 1, [sweep.Repeat([], 1.0, [])]).gpu_idle_ms == {}  # nothing captured
 
 
 @pytest.fixture(scope="module")
