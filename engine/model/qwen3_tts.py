@@ -88,12 +88,13 @@ def load_network(files: CheckpointFiles, device: str | torch.device, dtype: torc
 def load_speech_tokenizer(
     files: CheckpointFiles, device: str | torch.device, dtype: torch.dtype | None
 ) -> SpeechTokenizer:
-    """The codec (encoder + Code2Wav): what a Code2Wav worker process needs."""
+    """The codec (encoder + Code2Wav): what a Code2Wav worker process needs. Built on the host and then moved, as the
+    official loader does: the Mimi encoder's RoPE frequencies (transformers' code) are computed at construction, and
+    a GPU's pow may round them differently from the CPU's."""
     device = torch.device(device)
-    with torch.device(device):
-        codec = SpeechTokenizer(files.speech_tokenizer_config)
+    codec = SpeechTokenizer(files.speech_tokenizer_config)
     load_module(codec, read_weights(files.speech_tokenizer_weights), f"{files.root}/speech_tokenizer")
-    return cast_weights(codec, dtype or default_dtype(device)).eval()
+    return cast_weights(codec.to(device), dtype or default_dtype(device)).eval()
 
 
 class Qwen3TTS:
