@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -186,10 +187,14 @@ async def prepare_voice(manager: EngineManager, task: str, ref_audio: str | None
         return gr.skip()
     start = time.perf_counter()
     try:
-        voice = await asyncio.wrap_future(manager.engine.prepare_voice(clip))
+        future = manager.engine.prepare_voice(clip)
+        await asyncio.wait([asyncio.wrap_future(future)])
+        voice = future.result()
     except RequestError as exc:
         gr.Warning(str(exc))
         return f"Reference clip refused: {exc}"
+    except (EngineError, concurrent.futures.CancelledError):
+        return gr.skip()  # the engine was switched meanwhile: Generate encodes the clip itself
     frames = voice.ref_codes.shape[0] if voice.ref_codes is not None else 0
     return (
         f"Reference clip ready: encoded in {(time.perf_counter() - start) * 1000:.0f} ms ({frames} frames of "
