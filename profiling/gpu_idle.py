@@ -178,7 +178,8 @@ def idle_split(traces: Iterable[Events]) -> IdleSplit | None:
                 key = (n, args.get("correlation"))
                 device = int(args.get("device", e.get("pid", 0)) or 0)
                 ops_by_device.setdefault(device, []).append((e["ts"], e["ts"] + e.get("dur", 0), key))
-                ops_by_key.setdefault(key, []).append(e)
+                if key[1] is not None:  # an op with no correlation id cannot be matched to its launch
+                    ops_by_key.setdefault(key, []).append(e)
             elif cat in HOST_CALL_CATS:
                 host_calls.append((n, e))
                 if "correlation" in args:
@@ -202,7 +203,8 @@ def idle_split(traces: Iterable[Events]) -> IdleSplit | None:
         for name, count in sp.steps.items():
             stage(name).steps += count
     for n, call in host_calls:
-        ops = ops_by_key.get((n, (call.get("args") or {}).get("correlation")), [])
+        correlation = (call.get("args") or {}).get("correlation")
+        ops = ops_by_key.get((n, correlation), []) if correlation is not None else []
         s = stage(stage_of_call(n, call))
         if ops:
             s.launches += 1

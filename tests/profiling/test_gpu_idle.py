@@ -107,6 +107,18 @@ def test_processes_sharing_a_gpu_are_one_device_and_their_correlation_ids_do_not
     assert split.stages["talker"].gpu_waiting_for_host_us == 0  # the window opens at its first kernel
 
 
+def test_ops_and_calls_without_correlation_ids_are_not_paired():
+    t = CudaTrace()
+    t.span("talker/decode_step", 0, 100)
+    t.launch(at=0, start=10, end=20)
+    t.events.append({"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 30, "dur": 10, "args": {}})
+    t.events.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaGetDevice", "pid": HOST_PID, "tid": 1, "ts": 50,
+                     "dur": 1, "args": {}})  # fmt: skip
+    split = idle_split([t.events])
+    assert split is not None and split.stages["talker"].launches == 1  # the uncorrelated call launched nothing
+    assert split.stages[OTHER].gpu_waiting_for_host_us == 10  # the gap before the unmatched kernel: nobody's launch
+
+
 def test_overlapping_streams_count_busy_time_once():
     t = CudaTrace()
     t.launch(at=0, start=10, end=30)
