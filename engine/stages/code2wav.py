@@ -133,14 +133,14 @@ class Code2WavStage:
         req.items.append(_Item(codes, next(self._seq), now, chunk))
 
     def _take_warm(self, warm: WarmPrefix) -> None:
-        """Queue the prefix's decode unless it is cached, queued already, or unfit (a bad one is only logged: no
-        request waits for it, and the request that brings it gets the error)."""
+        """Queue the prefix's decode unless it is empty, unfit, cached or queued already. An unfit one is dropped
+        without an answer: no request waits for it, and the request that brings the same codes gets the error."""
+        if self._codes_problem("prefix_codes", warm.prefix_codes) is not None or not warm.prefix_codes.shape[0]:
+            return
         prefix = warm.prefix_codes.to(torch.int64).contiguous()
         key = _prefix_key(prefix)
         rid = f"warm:{key.hex()}"
-        if key in self._prefix_cache or rid in self._requests or not prefix.shape[0]:
-            return
-        if self._check(CodeChunk(rid, 0, prefix, True), 0) is not None:
+        if key in self._prefix_cache or rid in self._requests:
             return
         item = _Item(prefix, next(self._seq), events.now_ns(), None, key)
         self._requests[rid] = _Request(deque([item]), warm_only=True)
@@ -152,15 +152,18 @@ class Code2WavStage:
         if chunk.prefix_codes is not None and chunk.index != 0:
             return f"code2wav: prefix_codes on chunk {chunk.index}; only the first chunk may carry them"
         for what, codes in (("codes", chunk.codes), ("prefix_codes", chunk.prefix_codes)):
-            if codes is None:
-                continue
-            if codes.dim() != 2 or codes.shape[1] != self.num_quantizers or codes.dtype not in INTEGER_CODES:
-                return (
-                    f"code2wav: {what} must be integer (frames, {self.num_quantizers}), "
-                    f"got {codes.dtype} {tuple(codes.shape)}"
-                )
-            if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-                return f"code2wav: {what} out of range [0, {self.codebook_size})"
+            if codes is not None and (problem := self._codes_problem(what, codes)) is not None:
+                return problem
+        return None
+
+    def _codes_problem(self, what: str, codes: Tensor) -> str | None:
+        if codes.dim() != 2 or codes.shape[1] != self.num_quantizers or codes.dtype not in INTEGER_CODES:
+            return (
+                f"code2wav: {what} must be integer (frames, {self.num_quantizers}), "
+                f"got {codes.dtype} {tuple(codes.shape)}"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            return f"code2wav: {what} out of range [0, {self.codebook_size})"
         return None
 
     def _drop(self, rid: str) -> None:
