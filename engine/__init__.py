@@ -18,6 +18,7 @@ _EXPORTS = {
     "EngineError": "engine.request",
     "RequestError": "engine.request",
     "SpeechRequest": "engine.request",
+    "StageUnavailable": "engine.request",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -184,6 +184,10 @@ class Engine:
             self._end(rid, cancel=not stream.finished)
             rec.instant(FINISHED, request=rid)
 
+    def ready(self) -> dict[str, bool]:
+        """Stage name -> whether it has a live worker (or thread) now: what `GET /ready` reports."""
+        return {kind: self._ready[kind].is_set() and s.alive for kind, s in self._stages.items()}
+
     def prepare_voice(self, ref_audio: bytes, x_vector_only: bool = False) -> Future[VoicePrompt]:
         """Put a clip through the encoders now, on the prompt-prep thread, so that the first request cloning it finds
         its voice cached (the app calls this when a clip is uploaded, while the user still types). The future raises

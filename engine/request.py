@@ -24,6 +24,15 @@ class EngineError(RuntimeError):
     """A request that was accepted but could not be completed (a worker died, the engine closed)."""
 
 
+class StageUnavailable(EngineError):
+    """A stage has no live worker right now (it is being replaced, or could not be); `stage` names it. Requests fail
+    fast with this rather than wait, and the HTTP API answers 503."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
 @dataclass
 class SpeechRequest:
     """One synthesis request. `task` None means the loaded checkpoint's task. Reference audio comes as the bytes of
