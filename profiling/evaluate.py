@@ -1,0 +1,175 @@
+"""Evaluators for `profiling.search`: a candidate's knob values in, one measured run of the workload out.
+
+`EngineEvaluator` runs the embedded engine through `profiling.run.profile_run` (so each run has its timeline, and
+`profiling.signals` turns it into the evidence's figures); `UrlEvaluator` runs a remote OpenAI-compatible server
+through `profiling.sweep.sweep_url`, where only the client's concurrency can change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
+from profiling.metrics import run_metrics
+from profiling.run import profile_run
+from profiling.search import Abort, Measurement, Values
+from profiling.signals import run_signals
+from profiling.space import apply
+from profiling.sweep import sweep_url
+from profiling.workload import Workload
+
+
+class _Arrivals:
+    """The engine as the runner sees it, with each request let in at its arrival time (an open loop): the runner
+    starts every request at once, and each one waits here for its moment from the first one's start."""
+
+    def __init__(self, engine: Engine, offsets: dict[str, float]) -> None:
+        self._engine, self._offsets = engine, offsets
+        self._t0: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    async def generate(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
+        self._t0 = self._t0 or time.perf_counter()
+        await asyncio.sleep(max(0.0, self._t0 + self._offsets[request.request_id] - time.perf_counter()))
+        async for chunk in self._engine.generate(request):
+            yield chunk
+
+
+class EngineEvaluator:
+    """Each candidate on an engine of its own, warmed with the workload's first requests (every voice encoded,
+    kernels warm) before it is measured. The last `keep` engines stay up, so repeats and the verification's
+    alternation do not rebuild them. The tiny model (`model: null`) is built once and shared."""
+
+    def __init__(
+        self,
+        base: EngineConfig,
+        workload: Workload,
+        *,
+        warmup: int | None = None,
+        keep: int = 2,
+        save_runs: Path | None = None,
+    ) -> None:
+        self.base, self.workload, self.keep, self.save_runs = base, workload, keep, save_runs
+        self.warmup = warmup if warmup is not None else max(2, workload.clips.count, workload.arrival.concurrency)
+        self._engines: list[tuple[EngineConfig, Engine]] = []  # oldest first
+        self._runs = 0
+        self._tmp: Path | None = None
+        self._checkpoint: str | None = None
+        if base.model is None:
+            from engine.model.tiny import build_checkpoint
+
+            self._tmp = Path(tempfile.mkdtemp(prefix="voxtrace-tune-"))
+            self._checkpoint = str(build_checkpoint(self._tmp / base.tiny_task, task=base.tiny_task))
+
+    def config(self, values: Values) -> EngineConfig:
+        """The config a candidate stands for, as the user will run it (`model: null` stays null)."""
+        return apply(self.base, values)
+
+    def measure(self, values: Values, n_requests: int) -> Measurement:
+        start = time.perf_counter()
+        engine = self._engine(self.config(values))
+        setup_s = time.perf_counter() - start
+        self._runs += 1
+        requests = self.workload.requests(n_requests, _speaker(engine), f"t{self._runs}-")
+        arrivals = self.workload.arrivals(n_requests)
+        target: Any = engine
+        if arrivals is not None:
+            target = _Arrivals(engine, {r.request_id: t for r, t in zip(requests, arrivals, strict=True)})
+        run_dir = self.save_runs / f"{self._runs:03d}-n{n_requests}" if self.save_runs is not None else None
+        concurrency = self.workload.arrival.concurrency if arrivals is None else None
+        result = profile_run(target, requests, concurrency=concurrency, run_dir=run_dir)
+        # open loop: a request's time starts when it arrives at the engine (ADMITTED), not when the runner started it
+        metrics = run_metrics(result.server_per_request, result.wall_s) if arrivals is not None else result.metrics
+        return Measurement(
+            n_requests,
+            metrics.audio_s_per_s,
+            metrics.ttfa_s.p99,
+            metrics.underrun_s.p99,
+            metrics.rtf.p99,
+            errors=len(result.errors),
+            error=next(iter(result.errors.values()), None),
+            setup_s=setup_s,
+            run_s=result.wall_s,
+            signals=run_signals(result, metrics),
+        )
+
+    def _engine(self, config: EngineConfig) -> Engine:
+        """The engine for `config`: a kept one, else a new one (the oldest kept closed first), warmed up."""
+        for i, (kept, engine) in enumerate(self._engines):
+            if kept == config:
+                self._engines.append(self._engines.pop(i))
+                return engine
+        while len(self._engines) >= self.keep:
+            self._engines.pop(0)[1].close()
+        run_config = dataclasses.replace(config, model=self._checkpoint) if self._checkpoint else config
+        engine = Engine(run_config)
+        try:
+            if engine.model.task not in self.workload.tasks or len(self.workload.tasks) > 1:
+                raise Abort(
+                    f"the workload asks for {', '.join(self.workload.tasks)}; this checkpoint serves only "
+                    f"{engine.model.task} (for the tiny model, set tiny_task in the engine config)"
+                )
+            warm = self.workload.requests(self.warmup, _speaker(engine), f"w{self._runs}-")
+            profile_run(engine, warm, concurrency=self.workload.arrival.concurrency)
+        except BaseException:
+            engine.close()
+            raise
+        self._engines.append((config, engine))
+        return engine
+
+    def close(self) -> None:
+        while self._engines:
+            self._engines.pop()[1].close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> EngineEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _speaker(engine: Engine) -> str | None:
+    return engine.model.speakers[0] if engine.model.speakers else None
+
+
+class UrlEvaluator:
+    """A remote speech server: its engine is not ours to configure, so the only knob is the client's
+    `concurrency`, and there is no timeline to quote (the measurements carry no signals). Closed loop only."""
+
+    def __init__(self, url: str, workload: Workload, *, voice: str | None = None, warmup: int = 2,
+                 sample_rate: int = 24000) -> None:  # fmt: skip
+        if workload.arrival.pattern != "closed":
+            raise ValueError("against a URL only a closed-loop workload runs (the client sets the concurrency)")
+        self.url, self.workload, self.voice, self.sample_rate = url, workload, voice, sample_rate
+        self._warmup = warmup
+
+    def measure(self, values: Values, n_requests: int) -> Measurement:
+        def bodies(n: int, offset: int) -> list[dict[str, Any]]:
+            return self.workload.bodies(n, self.voice)  # request i is the same in every run
+
+        (level,) = sweep_url(self.url, bodies, [int(values["concurrency"])], n_requests, warmup=self._warmup,
+                             sample_rate=self.sample_rate)  # fmt: skip
+        self._warmup = 0  # the server stays up between runs: warm it once
+        m = level.metrics
+        return Measurement(
+            n_requests,
+            m.audio_s_per_s,
+            m.ttfa_s.p99,
+            m.underrun_s.p99,
+            m.rtf.p99,
+            errors=len(level.errors),
+            error=level.errors[0] if level.errors else None,
+            run_s=m.wall_s,
+        )

@@ -1,0 +1,147 @@
+"""The search logic on a simulated workload: every candidate's true figures are known, runs are noisy with a seeded
+RNG, and the budget's clock is simulated time (each run advances it by its set-up and its requests)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from profiling.search import Measurement, Search, Slo, Values, make_candidates, verify
+
+
+@dataclass
+class Simulated:
+    """`truth(values)` -> (audio s/s, TTFA p99 s). Each run costs `setup_s` + `per_request_s` per request of
+    simulated time; its figures are the truth times a seeded Gaussian jitter of `noise` (relative) at 8 requests,
+    shrinking as 1/sqrt(n) for longer runs."""
+
+    truth: dict[tuple, tuple[float, float]]
+    noise: float = 0.02
+    setup_s: float = 5.0
+    per_request_s: float = 0.5
+    seed: int = 0
+    now: float = 0.0
+    calls: list[tuple[tuple, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def clock(self) -> float:
+        return self.now
+
+    def measure(self, values: Values, n_requests: int) -> Measurement:
+        key = tuple(values.values())
+        self.calls.append((key, n_requests))
+        run_s = n_requests * self.per_request_s
+        self.now += self.setup_s + run_s
+        tput, ttfa = self.truth[key]
+        sigma = self.noise * (8 / n_requests) ** 0.5
+        return Measurement(
+            n_requests,
+            audio_s_per_s=tput * self.rng.gauss(1, sigma),
+            ttfa_p99_s=ttfa * self.rng.gauss(1, sigma),
+            underrun_p99_s=0.0,
+            rtf_p99=0.5,
+            setup_s=self.setup_s,
+            run_s=run_s,
+        )
+
+
+def search(sim: Simulated, points: list[Values], budget_s: float = 1000, slo: Slo = Slo(), **kw) -> Search:
+    return Search(make_candidates(points), sim, "throughput", slo, budget_s=budget_s, min_requests=8, clock=sim.clock,
+                  **kw)  # fmt: skip
+
+
+def test_halving_finds_the_fastest_config_and_stops_within_budget() -> None:
+    tput = [5.0, 6.0, 7.0, 8.0, 9.0, 12.0, 8.5, 7.5]
+    sim = Simulated({(x,): (t, 0.2) for x, t in enumerate(tput)})
+    result = search(sim, [{"x": x} for x in range(8)], budget_s=400).run()
+
+    assert result.recommended is not None and result.recommended.values == {"x": 5}
+    assert result.spent_s <= result.budget_s and sim.now == result.spent_s
+    sizes = {c.values["x"]: c.largest() for c in result.candidates}
+    assert sizes[5] == 32 and sizes[0] == 8  # the best ran the longest runs, the slowest only the short one
+    assert sum("eliminated at 8 requests" in c.notes for c in result.candidates) == 4
+    assert result.tied == []
+
+
+def test_the_best_of_each_knob_is_composed_into_a_candidate_of_its_own() -> None:
+    """Two knobs that each help, measured one at a time from the default: their combination is tried too."""
+    sim = Simulated({(a, b): (10.0 + 2 * a + 3 * b, 0.2) for a in (0, 1) for b in (0, 1)})
+    points = [{"a": 0, "b": 0}, {"a": 1, "b": 0}, {"a": 0, "b": 1}]
+    result = search(sim, points).run()
+    assert result.recommended is not None and result.recommended.values == {"a": 1, "b": 1}
+    assert "composed" in result.recommended.notes and result.recommended.label == "a=1, b=1"
+
+
+def test_candidates_within_noise_are_repeated_and_reported_as_a_tie() -> None:
+    sim = Simulated({(0,): (10.0, 0.2), (1,): (10.05, 0.2)}, noise=0.05)
+    result = search(sim, [{"x": 0}, {"x": 1}], max_repeats=3).run()
+
+    assert [n for _, n in sim.calls] == [8] * 6  # each run again until the repeats ran out: still within noise
+    assert result.recommended is not None and result.tied
+    assert {result.recommended.values["x"], result.tied[0].values["x"]} == {0, 1}
+    assert result.recommended.values == {"x": 0}  # a change within noise of no change is not recommended
+    assert result.relative_noise > 0
+
+
+def test_a_clear_winner_needs_one_repeat_to_know_the_noise_and_no_more() -> None:
+    sim = Simulated({(0,): (10.0, 0.2), (1,): (14.0, 0.2)})
+    result = search(sim, [{"x": 0}, {"x": 1}]).run()
+    assert result.recommended is not None and result.recommended.values == {"x": 1} and not result.tied
+    assert len(sim.calls) == 3  # both once, then one repeat gives the spread: 14 vs 10 is far outside it
+
+
+def test_a_candidate_that_breaks_an_slo_is_marked_and_never_recommended() -> None:
+    truth = {(0,): (8.0, 0.2), (1,): (9.0, 0.3), (2,): (15.0, 0.9), (3,): (6.0, 0.2)}  # 2: fastest, slow first audio
+    result = search(Simulated(truth), [{"x": x} for x in range(4)], slo=Slo(ttfa_p99_s=0.5)).run()
+
+    assert result.recommended is not None and result.recommended.values == {"x": 1}
+    fast = next(c for c in result.candidates if c.values == {"x": 2})
+    assert fast.runs and not result.meets(fast)
+    assert any(note.startswith("breaks SLO: TTFA p99") and note.endswith("> 0.5s") for note in fast.notes), fast.notes
+
+
+def test_when_nothing_meets_the_slos_there_is_no_recommendation() -> None:
+    truth = {(0,): (8.0, 0.9), (1,): (9.0, 1.2)}
+    result = search(Simulated(truth), [{"x": 0}, {"x": 1}], slo=Slo(ttfa_p99_s=0.5)).run()
+    assert result.recommended is None
+    assert all(any(n.startswith("breaks SLO") for n in c.notes) for c in result.candidates)
+
+
+def test_a_small_budget_stops_the_search_and_marks_what_was_not_measured() -> None:
+    sim = Simulated({(x,): (5.0 + x, 0.2) for x in range(8)})
+    result = search(sim, [{"x": x} for x in range(8)], budget_s=60, reserve_runs=0).run()
+
+    assert result.stopped == "budget" and sim.now <= 60
+    assert sum("not measured (budget)" in c.notes for c in result.candidates) == 2  # 6 runs of 9 s fit in 60 s
+    assert result.recommended is not None and result.recommended.values == {"x": 5}  # the best of those measured
+
+
+def test_the_verification_is_kept_out_of_the_budget() -> None:
+    sim = Simulated({(x,): (5.0 + x, 0.2) for x in range(8)})
+    result = search(sim, [{"x": x} for x in range(8)], budget_s=120, reserve_runs=4).run()
+    ahead = 2 * sim.setup_s + 4 * 32 * sim.per_request_s  # two set-ups, four runs at the largest size
+    assert result.spent_s + ahead <= 120
+
+
+def test_a_config_that_cannot_run_is_marked_failed_and_the_search_goes_on() -> None:
+    class Broken(Simulated):
+        def measure(self, values: Values, n_requests: int) -> Measurement:
+            if values["x"] == 1:
+                raise RuntimeError("worker did not start")
+            return super().measure(values, n_requests)
+
+    result = search(Broken({(0,): (5.0, 0.2), (2,): (6.0, 0.2)}), [{"x": 0}, {"x": 1}, {"x": 2}]).run()
+    assert result.recommended is not None and result.recommended.values == {"x": 2}
+    assert result.candidates[1].notes == ["failed: RuntimeError: worker did not start"]
+
+
+def test_the_verification_alternates_default_and_recommendation() -> None:
+    sim = Simulated({(0,): (10.0, 0.2), (1,): (12.0, 0.2)})
+    check = verify(sim, "throughput", {"x": 0}, {"x": 1}, 16, rounds=2)
+    assert sim.calls == [((0,), 16), ((1,), 16)] * 2
+    assert check.gain == pytest.approx(0.2, abs=0.03) and not check.within_noise
+    assert check.default.repeats == check.recommended.repeats == 2
