@@ -12,9 +12,10 @@ import dataclasses
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
 from profiling.metrics import run_metrics
@@ -44,27 +45,61 @@ class _Arrivals:
             yield chunk
 
 
+class EngineSource(Protocol):
+    """Where the evaluator gets an engine up with a config: its own (`KeptEngines`), or the app's lab engine."""
+
+    def get(self, config: EngineConfig) -> Engine: ...
+
+    def close(self) -> None: ...
+
+
+class KeptEngines:
+    """Engines of its own, built on demand; the last `keep` stay up, so repeats and the verification's alternation
+    do not rebuild them (memory: one engine per kept config)."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._engines: list[tuple[EngineConfig, Engine]] = []  # oldest first
+
+    def get(self, config: EngineConfig) -> Engine:
+        for i, (kept, engine) in enumerate(self._engines):
+            if kept == config:
+                self._engines.append(self._engines.pop(i))
+                return engine
+        while len(self._engines) >= self.keep:
+            self._engines.pop(0)[1].close()
+        engine = Engine(config)
+        self._engines.append((config, engine))
+        return engine
+
+    def close(self) -> None:
+        while self._engines:
+            self._engines.pop()[1].close()
+
+
 class EngineEvaluator:
-    """Each candidate on an engine of its own, warmed with the workload's first requests (every voice encoded,
-    kernels warm) before it is measured. The last `keep` engines stay up, so repeats and the verification's
-    alternation do not rebuild them. The tiny model (`model: null`) is built once and shared."""
+    """Each candidate on an engine from `engines`, warmed with the workload's first requests (every voice encoded,
+    kernels warm) the first time it is met. A `model: null` config runs on `checkpoint` (default: the tiny model,
+    built here once rather than by every engine)."""
 
     def __init__(
         self,
         base: EngineConfig,
         workload: Workload,
         *,
+        engines: EngineSource | None = None,
+        checkpoint: str | None = None,
         warmup: int | None = None,
-        keep: int = 2,
         save_runs: Path | None = None,
     ) -> None:
-        self.base, self.workload, self.keep, self.save_runs = base, workload, keep, save_runs
+        self.base, self.workload, self.save_runs = base, workload, save_runs
+        self.engines = engines or KeptEngines()
         self.warmup = warmup if warmup is not None else max(2, workload.clips.count, workload.arrival.concurrency)
-        self._engines: list[tuple[EngineConfig, Engine]] = []  # oldest first
+        self._warm: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._runs = 0
         self._tmp: Path | None = None
-        self._checkpoint: str | None = None
-        if base.model is None:
+        self._checkpoint = checkpoint
+        if base.model is None and checkpoint is None:
             from engine.model.tiny import build_checkpoint
 
             self._tmp = Path(tempfile.mkdtemp(prefix="voxtrace-tune-"))
@@ -103,16 +138,10 @@ class EngineEvaluator:
         )
 
     def _engine(self, config: EngineConfig) -> Engine:
-        """The engine for `config`: a kept one, else a new one (the oldest kept closed first), warmed up."""
-        for i, (kept, engine) in enumerate(self._engines):
-            if kept == config:
-                self._engines.append(self._engines.pop(i))
-                return engine
-        while len(self._engines) >= self.keep:
-            self._engines.pop(0)[1].close()
-        run_config = dataclasses.replace(config, model=self._checkpoint) if self._checkpoint else config
-        engine = Engine(run_config)
-        try:
+        """The engine for `config`, warmed up the first time it is met."""
+        model = self._checkpoint if config.model is None else config.model
+        engine = self.engines.get(dataclasses.replace(config, model=model))
+        if engine not in self._warm:
             if engine.model.task not in self.workload.tasks or len(self.workload.tasks) > 1:
                 raise Abort(
                     f"the workload asks for {', '.join(self.workload.tasks)}; this checkpoint serves only "
@@ -120,15 +149,11 @@ class EngineEvaluator:
                 )
             warm = self.workload.requests(self.warmup, _speaker(engine), f"w{self._runs}-")
             profile_run(engine, warm, concurrency=self.workload.arrival.concurrency)
-        except BaseException:
-            engine.close()
-            raise
-        self._engines.append((config, engine))
+            self._warm.add(engine)
         return engine
 
     def close(self) -> None:
-        while self._engines:
-            self._engines.pop()[1].close()
+        self.engines.close()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -143,6 +143,7 @@ class SearchResult:
     recommended: Candidate | None  # None: no candidate met the SLOs
     tied: list[Candidate]  # within noise of the recommendation at the final comparison
     compared_at: int  # requests per run of the final comparison
+    noise: dict[str, float]  # candidate id -> the noise its final comparison used (its spread, else the pooled one)
     relative_noise: float  # pooled spread / |score| of repeated runs (NaN when nothing was repeated)
     spent_s: float
     budget_s: float
@@ -226,7 +227,7 @@ class Search:
     def _measure(self, c: Candidate, n: int) -> bool:
         """One run, if the budget (less the verification's reserve) allows it; False when it does not."""
         spent = self.clock() - self._t0
-        if spent + self._estimate(c, n) + self._reserve() > self.budget_s:
+        if spent + self._estimate(c, n) + self._reserve(n) > self.budget_s:
             return False
         try:
             m = self.evaluator.measure(c.values, n)
@@ -251,12 +252,13 @@ class Search:
         setup = cold.get(c.id, statistics.median(cold.values()))
         return setup + n * statistics.median(m.run_s / m.n_requests for m in done)
 
-    def _reserve(self) -> float:
-        """The verification's share of the budget: two engines set up, `reserve_runs` runs at the largest size."""
+    def _reserve(self, n: int) -> float:
+        """The verification's share of the budget: two engines set up, `reserve_runs` runs of `n` requests (the
+        verification runs at the final comparison's size, never above the size being run now)."""
         if not self.reserve_runs:
             return 0.0
         setup = self._estimate(self.default, 0)
-        return 2 * setup + self.reserve_runs * (self._estimate(self.default, self.max_requests) - setup)
+        return 2 * setup + self.reserve_runs * (self._estimate(self.default, n) - setup)
 
     def _resolve(self, alive: list[Candidate], n: int, keep: int) -> bool:
         """Repeat the two candidates either side of the cut while they are within noise of each other."""
@@ -358,6 +360,7 @@ class Search:
             best,
             tied,
             n,
+            {c.id: self.noise(c, n) for c in self.candidates if n in c.runs and c.failed is None},
             self.relative_noise(),
             self.clock() - self._t0,
             self.budget_s,

@@ -1,0 +1,54 @@
+"""The Tune view's handler on the tiny model: the chart fills in as runs finish, the search runs on the lab engine,
+and the last update carries the recommended config and the files."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine import EngineConfig
+from ui.state import EngineManager
+from ui.views import tune as tune_view
+
+WORKLOAD = {
+    "arrival": {"pattern": "closed", "concurrency": 2},
+    "text": {"length": "short"},
+    "max_new_tokens": 6,
+    "space": {"chunking.first_chunk_frames": [1, 2]},
+}
+
+
+@pytest.fixture(scope="module")
+def manager(tmp_path_factory: pytest.TempPathFactory):
+    """One app state for the module: building its serving engine takes seconds."""
+    root = tmp_path_factory.mktemp("tune-view")
+    manager = EngineManager(EngineConfig(), runs_dir=root / "runs", data_dir=root / "data")
+    yield manager
+    manager.close()
+
+
+async def collect(manager: EngineManager, workload: str) -> list[tuple]:
+    name = next(iter(tune_view.preset_configs(manager)))
+    return [u async for u in tune_view.run_tune(manager, name, workload, "60s", [], 4)]
+
+
+def test_a_tune_from_the_page_fills_the_chart_in_and_ends_with_the_config(manager: EngineManager) -> None:
+    updates = asyncio.run(collect(manager, yaml.safe_dump(WORKLOAD)))
+
+    *searching, (chart, rows, findings, config, files) = updates
+    assert searching and all(u[2] == "*searching…*" for u in searching)  # one update per finished run
+    assert len(searching[0][0].data) >= 1 and len(rows) == 2  # both candidates in the final table
+    assert findings.startswith("**2 candidates")
+    assert EngineConfig.from_dict(yaml.safe_load(config)).chunking.first_chunk_frames in (1, 2)
+    assert {Path(f).name for f in files} == {"recommended.yaml", "tune.html", "tune.json", "tune.csv"}
+    assert manager.lab.config is not None  # the search ran on the lab engine, not on the serving engine
+    (record,) = [r for r in manager.runs.values() if r.kind == "tune"]
+    assert record.files == files
+
+
+def test_a_bad_workload_is_refused_with_the_key_named(manager: EngineManager) -> None:
+    with pytest.raises(tune_view.gr.Error, match="arrival.concurency"):
+        asyncio.run(collect(manager, "arrival: {concurency: 2}"))

@@ -1,0 +1,190 @@
+"""Tune: search the engine's config space for a workload (`profiling.tune`) on the lab engine (`ui.lab`: the serving
+engine is not touched), with the chart filling in as runs finish, the table of candidates with their spread, the
+evidence for each changed knob, and the recommended config to download."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from engine import Engine, EngineConfig
+from engine.config import ConfigError
+from profiling.evaluate import EngineEvaluator
+from profiling.search import Candidate, Measurement
+from profiling.space import KNOBS, apply, candidate_points, space
+from profiling.tune import parse_budget, tune
+from profiling.tune_report import TABLE, TuneReport, candidate_rows, pareto_figure
+from profiling.workload import Workload
+from ui.lab import LabEngine
+from ui.state import CONFIG_DIR, EngineManager, RunRecord, describe, preset_configs
+
+WORKLOAD_DIR = CONFIG_DIR / "workloads"
+
+
+def workload_files(folder: Path = WORKLOAD_DIR) -> dict[str, Path]:
+    return {p.name: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def parse_workload(text: str) -> Workload:
+    try:
+        raw = yaml.safe_load(text) or {}
+        return Workload.from_dict({"name": "page", **raw} if isinstance(raw, dict) else raw)
+    except (yaml.YAMLError, ConfigError) as exc:
+        raise gr.Error(f"workload: {exc}") from exc
+
+
+class LabEngines:
+    """The search's engines from the app's lab engine: `lab.use(config)` is entered on the app's event loop (the
+    search runs in a worker thread) and held until the search needs another config, or ends."""
+
+    def __init__(self, lab: LabEngine, loop: asyncio.AbstractEventLoop) -> None:
+        self._lab, self._loop = lab, loop
+        self._held: tuple[EngineConfig, Engine, AsyncExitStack] | None = None
+
+    def get(self, config: EngineConfig) -> Engine:
+        if self._held is not None and self._held[0] == config:
+            return self._held[1]
+        self.close()
+        stack = AsyncExitStack()
+        engine = asyncio.run_coroutine_threadsafe(stack.enter_async_context(self._lab.use(config)), self._loop).result()
+        self._held = (config, engine, stack)
+        return engine
+
+    def close(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            asyncio.run_coroutine_threadsafe(held[2].aclose(), self._loop).result()
+
+
+def table(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[round(r[k], 4) if isinstance(r[k], float) else r[k] for k in TABLE] for r in rows]
+
+
+def findings(report: TuneReport) -> str:
+    evidence = "".join(f"\n- {e.sentence}" for e in report.evidence)
+    return f"**{report.verdict()}**" + (f"\n\nEvidence, knob by knob:{evidence}" if evidence else "")
+
+
+async def run_tune(
+    manager: EngineManager,
+    base_name: str,
+    workload_text: str,
+    budget: str,
+    knobs: list[str],
+    max_candidates: float,
+    progress: gr.Progress | None = None,
+) -> AsyncIterator[tuple[Any, ...]]:
+    """Yields (chart, table, findings, recommended YAML, files): the first three as each run finishes, then all."""
+    presets = preset_configs(manager)
+    if base_name not in presets:
+        raise gr.Error(f"choose a config to start from: {', '.join(presets)}")
+    workload = parse_workload(workload_text)
+    try:
+        budget_s = parse_budget(budget)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
+    base = presets[base_name]
+    if base.model is None and workload.tiny_task:
+        base = dataclasses.replace(base, tiny_task=workload.tiny_task)
+    if not workload.space and not knobs:
+        raise gr.Error("choose at least one knob to search (or give the workload a `space:`)")
+    try:
+        chosen = space(KNOBS, workload.space or {k.key: list(k.values) for k in KNOBS if k.key in knobs})
+        points = candidate_points(base, chosen, max(2, int(max_candidates)))
+        for point in points:
+            apply(base, point)
+    except ConfigError as exc:
+        raise gr.Error(f"space: {exc}") from exc
+    run_id, run_dir = manager.new_run_dir("tune")
+    loop = asyncio.get_running_loop()
+    measured: asyncio.Queue[Candidate] = asyncio.Queue()
+
+    def on_measure(c: Candidate, m: Measurement) -> None:  # the search's thread: hand over a copy
+        copy = dataclasses.replace(c, runs={n: list(ms) for n, ms in c.runs.items()}, notes=list(c.notes))
+        loop.call_soon_threadsafe(measured.put_nowait, copy)
+
+    tiny = manager.config.model is None and base.model is None and base.tiny_task == manager.config.tiny_task
+    checkpoint = manager.serving.checkpoint if tiny else None  # the serving engine's tiny model, not another one
+
+    def search() -> TuneReport:
+        with EngineEvaluator(base, workload, engines=LabEngines(manager.lab, loop), checkpoint=checkpoint) as ev:
+            return tune(workload, ev, points, budget_s, base=base, on_measure=on_measure, meta={"base": base_name})
+
+    job = asyncio.ensure_future(asyncio.to_thread(search))
+    seen: dict[str, Candidate] = {}
+    start = time.monotonic()
+    while not job.done() or not measured.empty():
+        item = asyncio.ensure_future(measured.get())
+        done, _ = await asyncio.wait({job, item}, return_when=asyncio.FIRST_COMPLETED)
+        if item not in done:
+            item.cancel()
+            continue
+        c = item.result()
+        seen[c.id] = c
+        if progress is not None:
+            progress(min(0.99, (time.monotonic() - start) / budget_s), f"{len(seen)} of {len(points)}+ candidates")
+        shown = list(seen.values())
+        chart = pareto_figure(shown, workload.objective, workload.slo)
+        yield chart, table(candidate_rows(shown, workload.objective, workload.slo)), "*searching…*", gr.skip(), []
+    try:
+        report = job.result()
+    except Exception as exc:  # a search that cannot run at all (the workload does not fit the model, the lab is busy)
+        raise gr.Error(f"tune: {exc}") from exc
+    paths = report.write(run_dir)
+    files = [str(paths[k]) for k in ("yaml", "html", "json", "csv") if k in paths]
+    rec = report.result.recommended
+    manager.add_run(
+        RunRecord(
+            run_id,
+            "tune",
+            f"tune {workload.name}: {rec.label if rec else 'no recommendation'}",
+            f"lab: {describe(base)}",
+            time.time(),
+            [],
+            files,
+            {"candidates": len(report.result.candidates), "spent_s": report.result.spent_s},
+        )
+    )
+    yield report.figure(), table(report.rows()), findings(report), report.config_yaml or "", files
+
+
+def build(manager: EngineManager) -> None:
+    names = list(preset_configs(manager))
+    files = workload_files()
+    first = next(iter(files), None)
+    with gr.Row():
+        base = gr.Dropdown(names, value=names[0], label="engine config to start from")
+        chosen = gr.Dropdown(list(files), value=first, label="workload (configs/workloads/)")
+        budget = gr.Textbox("2m", label="budget (90s, 10m, 1h)")
+        max_candidates = gr.Number(8, precision=0, minimum=2, maximum=64, label="max candidates")
+    workload = gr.Code(files[first].read_text() if first else "", language="yaml", label="workload (editable)")
+    knobs = gr.CheckboxGroup(
+        [k.key for k in KNOBS], value=[k.key for k in KNOBS], label="knobs to search (unless the workload has space:)"
+    )
+    go_button = gr.Button("Tune", variant="primary", elem_id="vx-tune")
+    plot = gr.Plot(label="candidates: audio-s/s against TTFA p99 (fills in as runs finish)")
+    verdict = gr.Markdown()
+    results = gr.Dataframe(headers=list(TABLE), label="candidates", interactive=False)
+    config = gr.Code(language="yaml", label="recommended.yaml (for app.py --config)", interactive=False)
+    downloads = gr.File(label="recommended.yaml, tune.html (opens offline), tune.json, tune.csv", file_count="multiple")
+
+    chosen.change(lambda name: files[name].read_text(), chosen, workload, api_visibility="private")
+
+    async def run(*args: Any, progress: gr.Progress = gr.Progress()) -> AsyncIterator[tuple[Any, ...]]:  # noqa: B008
+        async for update in run_tune(manager, *args, progress=progress):
+            yield update
+
+    go_button.click(
+        run,
+        [base, workload, budget, knobs, max_candidates],
+        [plot, results, verdict, config, downloads],
+        api_name="tune",
+    )
