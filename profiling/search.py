@@ -4,9 +4,10 @@
 
     result = Search(candidates, evaluator, "throughput", Slo(ttfa_p99_s=0.5), budget_s=600, min_requests=8).run()
 
-Every candidate runs a few requests; the better half runs twice as many, and so on until two are left (or the run
-size reaches `max_requests`, or the budget would be spent). Where two candidates at a cut are closer than the noise
-(the spread of repeated runs) they are run again, up to `max_repeats`; a cut still within noise is a tie. A candidate
+Every candidate runs a few requests; the better half runs twice as many, and so on until the last two have run
+twice as many as the rung that left them (or the run size reaches `max_requests`, or the budget would be spent).
+Where two candidates at a cut are closer than the noise (the spread of repeated runs) they are run again, up to
+`max_repeats`; a cut still within noise is a tie. A candidate
 that breaks an SLO (or has failed requests) ranks below every one that meets them: it is kept and marked, never
 recommended. Among candidates tied with the best, the one that changes the fewest knobs of the default wins.
 """
@@ -209,8 +210,9 @@ class Search:
                 if not self._measure(c, n):
                     return self._finish(alive, "budget")
             alive = [c for c in alive if c.failed is None]
-            final = len(alive) <= 2 or n >= self.max_requests
-            keep = 1 if final else math.ceil(len(alive) / self.eta)
+            # the last two get a rung of their own: the final comparison is at the longest runs
+            final = len(alive) == 1 or (len(alive) <= 2 and rung > 0) or n >= self.max_requests
+            keep = 1 if final else max(2, math.ceil(len(alive) / self.eta))
             resolved = self._resolve(alive, n, keep)
             alive = [c for c in alive if c.failed is None]
             if not resolved:
@@ -298,7 +300,7 @@ class Search:
     def _key(self, c: Candidate, n: int) -> tuple[bool, float]:
         s = Summary.of(self.objective, c.runs[n])
         ok = meets(self.slo, c, s)
-        return ok, s.score if ok else -self.slo.excess(s) - (1e9 if s.errors else 0)
+        return ok, s.score if ok else -self.slo.excess(s) - (1e9 if s.errors else 0)  # failed requests: last
 
     def _rank(self, cands: Sequence[Candidate], n: int) -> list[Candidate]:
         return sorted(cands, key=lambda c: self._key(c, n), reverse=True)
@@ -315,9 +317,11 @@ class Search:
         return statistics.median(rel) if rel else math.nan
 
     def noise(self, c: Candidate, n: int) -> float:
-        """The spread of `c`'s repeats, or the pooled relative spread times its score; NaN when nothing is known."""
+        """The larger of the spread of `c`'s repeats and the pooled relative spread times its score (two runs that
+        happen to agree do not make a candidate precise); NaN when neither is known."""
         s = Summary.of(self.objective, c.runs[n])
-        return s.spread if s.repeats > 1 else self.relative_noise(n) * abs(s.score)
+        known = [x for x in (s.spread, self.relative_noise(n) * abs(s.score)) if x == x]
+        return max(known) if known else math.nan
 
     def _within_noise(self, a: Candidate, b: Candidate, n: int, unknown: bool = True) -> bool:
         """Unknown noise counts as within (`unknown`) while a repeat can still find it out; candidates that break

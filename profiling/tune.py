@@ -30,7 +30,7 @@ from typing import Any
 
 from engine.config import EngineConfig
 from profiling.evidence import explain
-from profiling.search import Candidate, Measurement, Search, make_candidates, verify
+from profiling.search import Abort, Candidate, Measurement, Search, make_candidates, verify
 from profiling.space import CLIENT_KNOBS, KNOBS, apply, candidate_points, config_yaml, space
 from profiling.tune_report import TuneReport
 from profiling.workload import Workload
@@ -161,5 +161,5 @@ def main(argv: Sequence[str] | None = None) -> TuneReport:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as exc:  # a bad workload, config or budget: the message names it
+    except (ValueError, OSError, Abort) as exc:  # a bad workload, config or budget, or one the model cannot serve
         sys.exit(f"tune: {exc}")

@@ -63,7 +63,12 @@ class TuneReport:
             f"{len(r.candidates)} candidates, {r.spent_s:.0f} s of a {r.budget_s:.0f} s budget ({r.stopped}); {noise}."
         )
         if rec is None:
-            return f"{head} No candidate met the SLOs and ran without errors: nothing is recommended."
+            text = f"{head} No candidate met the SLOs and ran without errors: nothing is recommended."
+            measured = [(s, c) for c in r.candidates if c.failed is None and (s := r.summary(c)) is not None]
+            if measured:
+                s, c = min(measured, key=lambda sc: (sc[0].errors, r.slo.excess(sc[0])))
+                text += f" The closest, {c.id} ({c.label}): " + ("; ".join(r.slo.breaches(s)) or f"{s.errors} errors")
+            return text
         s = r.summary(rec, r.compared_at) or r.summary(rec)
         assert s is not None
         text = (

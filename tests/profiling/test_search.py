@@ -81,7 +81,7 @@ def test_candidates_within_noise_are_repeated_and_reported_as_a_tie() -> None:
     sim = Simulated({(0,): (10.0, 0.2), (1,): (10.05, 0.2)}, noise=0.05)
     result = search(sim, [{"x": 0}, {"x": 1}], max_repeats=3).run()
 
-    assert [n for _, n in sim.calls] == [8] * 6  # each run again until the repeats ran out: still within noise
+    assert [n for _, n in sim.calls] == [8, 8] + [16] * 6  # the final two at longer runs, repeated to the limit
     assert result.recommended is not None and result.tied
     assert {result.recommended.values["x"], result.tied[0].values["x"]} == {0, 1}
     assert result.recommended.values == {"x": 0}  # a change within noise of no change is not recommended
@@ -92,7 +92,7 @@ def test_a_clear_winner_needs_one_repeat_to_know_the_noise_and_no_more() -> None
     sim = Simulated({(0,): (10.0, 0.2), (1,): (14.0, 0.2)})
     result = search(sim, [{"x": 0}, {"x": 1}]).run()
     assert result.recommended is not None and result.recommended.values == {"x": 1} and not result.tied
-    assert len(sim.calls) == 3  # both once, then one repeat gives the spread: 14 vs 10 is far outside it
+    assert [n for _, n in sim.calls] == [8, 8, 16, 16, 16]  # one repeat gives the spread: 14 vs 10 is far outside
 
 
 def test_a_candidate_that_breaks_an_slo_is_marked_and_never_recommended() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import uvicorn
 import yaml
 
-from engine import EngineConfig
+from engine import Engine, EngineConfig
 from engine.config import ConfigError
 from profiling import tune
 from profiling.evaluate import EngineEvaluator
@@ -18,6 +21,7 @@ from profiling.events import ADMITTED, Timeline
 from profiling.search import Summary
 from profiling.space import KNOBS, apply, candidate_points, config_yaml, space
 from profiling.workload import Workload
+from ui.server import create_server
 
 WORKLOADS = sorted((Path(__file__).parents[2] / "configs" / "workloads").glob("*.yaml"))
 
@@ -144,3 +148,28 @@ def test_a_search_on_the_tiny_model_recommends_its_best_candidate_within_noise(t
     changed = [k for k in rec.values if rec.values[k] != result.default.values[k]]
     assert [e.knob for e in report.evidence] == changed  # one sentence per knob that differs from the default
     assert (report.verification is not None) == bool(changed)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """Our HTTP server over a tiny engine, on a free loopback port, in a thread."""
+    with Engine(EngineConfig()) as engine:
+        srv = uvicorn.Server(uvicorn.Config(create_server(engine), host="127.0.0.1", port=0, log_level="warning"))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        while not srv.started:
+            assert thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_against_a_server_only_the_clients_concurrency_is_searched(server: str, tmp_path: Path) -> None:
+    workload = tmp_path / "remote.yaml"
+    workload.write_text(yaml.safe_dump({"max_new_tokens": 3, "space": {"concurrency": [1, 2]}}))
+    report = tune.main([str(workload), "--url", server, "--budget", "60s", "--out", str(tmp_path), "--min-requests",
+                        "2", "--verify-rounds", "1"])  # fmt: skip
+    assert report.result.recommended is not None and set(report.result.recommended.values) == {"concurrency"}
+    assert not (tmp_path / "recommended.yaml").exists()  # the server's engine config is not ours to write
+    assert all(m.errors == 0 for c in report.result.candidates for ms in c.runs.values() for m in ms)
