@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from ui.player import add_stream_route
 from ui.state import EngineManager, describe
-from ui.views import benchmark, compare, runs, synthesize
+from ui.uploads import Uploads
+from ui.views import benchmark, compare, runs, saved_voices, synthesize
 from ui.views.render import CARD_CSS
 
 MAX_UPLOAD = "20mb"  # a reference clip is at most 30 s; nothing bigger needs to reach the server
@@ -24,18 +25,22 @@ RANDOM_WEIGHTS = (
 
 def build_app(manager: EngineManager) -> gr.Blocks:
     with gr.Blocks(title="Voxtrace", analytics_enabled=False) as app:
-        gr.Markdown(f"# Voxtrace\nQwen3-TTS serving engine with its profiler · engine: `{describe(manager.config)}`")
+        uploads = Uploads(app)
+        gr.Markdown(
+            f"# Voxtrace\nQwen3-TTS serving engine with its profiler · serving engine: `{describe(manager.config)}`"
+        )
         if manager.is_tiny:
             gr.HTML(RANDOM_WEIGHTS)
         with gr.Tab("Synthesize"):
-            synthesize.build(manager)
+            saved = synthesize.build(manager, uploads)
         with gr.Tab("Compare"):
-            compare.build(manager)
+            compare.build(manager, uploads)
         with gr.Tab("Benchmark"):
             benchmark.build(manager)
         with gr.Tab("Runs") as runs_tab:
             shown = runs.build(manager)
         runs_tab.select(lambda: runs.refresh(manager), None, list(shown), api_visibility="private")
+        app.load(lambda: saved_voices.choices(manager), None, [saved], api_visibility="private")
     return app
 
 
@@ -47,13 +52,14 @@ def _api_server(manager: EngineManager) -> FastAPI:
         if exc.name != "ui.server":
             raise
         return FastAPI(title="Voxtrace")
-    return server.create_server(manager.engine_proxy)
+    return server.create_server(manager.serving)
 
 
 def create_app(manager: EngineManager) -> FastAPI:
-    """One server: the HTTP API's routes, the player's stream route, and the Gradio app at "/"."""
+    """One server: the HTTP API's routes (over the serving engine), the player's stream route, and the Gradio app at
+    "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server paths."""
     server = _api_server(manager)
     add_stream_route(server, manager.streams)
     blocks = build_app(manager)
     blocks.queue(default_concurrency_limit=4)
-    return gr.mount_gradio_app(server, blocks, path="/", max_file_size=MAX_UPLOAD, css=CARD_CSS, show_error=True)
+    return gr.mount_gradio_app(server, blocks, path="/", max_file_size=MAX_UPLOAD, css=CARD_CSS, show_error=False)

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import shutil
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,12 @@ async def sweep(
     make_requests: Callable[[EngineConfig, int, int], list[SpeechRequest]],
     requests_per_level: int,
     run_dir: Path,
+    engine_for: Callable[[EngineConfig], AbstractAsyncContextManager[Engine]],
     progress: Callable[[float, str], None] | None = None,
 ) -> tuple[Bench, dict[str, Path]]:
-    """Each config in turn on an engine of its own, each concurrency level in turn (`make_requests(config, n, offset)`
-    gives a level's requests); writes the runner's bench.json, bench.csv and bench.html under `run_dir`."""
+    """Each config in turn on the engine `engine_for(config)` gives, each concurrency level in turn
+    (`make_requests(config, n, offset)` gives a level's requests); writes the runner's bench.json, bench.csv and
+    bench.html under `run_dir`."""
     levels = []
     total = len(configs) * len(concurrencies) * requests_per_level
     done = 0
@@ -121,13 +124,10 @@ async def sweep(
     for label, config in configs.items():
         if progress is not None:
             progress(done / total, f"starting the {label} engine")
-        engine = await asyncio.to_thread(Engine, config)
-        try:
+        async with engine_for(config) as engine:
             jobs = functools.partial(make_requests, config)
             levels += await asyncio.to_thread(
                 sweep_engine, engine, jobs, concurrencies, requests_per_level, label=label, progress=tick
             )
-        finally:
-            await asyncio.to_thread(engine.close)
     bench = Bench(levels, {"target": "Concurrency sweep", "configs": list(configs)})
     return bench, bench.write(run_dir)

@@ -1,12 +1,13 @@
-"""What the app holds between clicks: the current engine (switched by config, the old one closed), this session's
-runs, the saved voices and the live audio streams."""
+"""What the app holds between clicks: the serving engine (the one the HTTP API serves from: built at start, never
+switched or closed by a page), the lab engine for the settings a page tries (`ui.lab`), the saved voices
+(`ui.voices`), the runs and the live audio streams."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import itertools
+import os
 import shutil
 import tempfile
 import threading
@@ -22,11 +23,25 @@ import soundfile as sf
 
 from engine import Engine, EngineConfig
 from engine.config import EXECUTORS
+from ui.describe import describe
+from ui.lab import LabEngine, LabLimits, checkpoint_bytes
 from ui.player import StreamHub
 from ui.profiled import RunOutcome
+from ui.voices import VoiceLibrary, VoiceLimits
+
+__all__ = ["EngineManager", "EngineUse", "RunRecord", "default_data_dir", "demo_clip", "describe", "preset_configs"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TINY_TASK_OF = {"voice_clone": "base", "custom_voice": "custom_voice", "voice_design": "voice_design"}
+DATA_DIR_ENV = "VOXTRACE_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """Where the app keeps what outlives it (saved voices): $VOXTRACE_DATA_DIR, else $XDG_DATA_HOME/voxtrace, else
+    ~/.local/share/voxtrace."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "voxtrace"
 
 
 @dataclass
@@ -43,108 +58,94 @@ class RunRecord:
     summary: dict[str, Any] = field(default_factory=dict)  # the row in the runs table
 
 
-@dataclass
-class SavedVoice:
-    """A cloned voice to pick again: the clip and how it was used (the engine caches its x-vector by content)."""
+@dataclass(frozen=True)
+class EngineUse:
+    """The engine a run is on, and which one it is: the page says so."""
 
-    name: str
-    clip: bytes
-    ref_text: str | None
-    x_vector_only: bool
+    engine: Engine
+    role: str  # "serving" or "lab"
+    config: EngineConfig
 
-
-def describe(config: EngineConfig) -> str:
-    model = config.model or f"tiny-{config.tiny_task}"
-    return f"{model} · talker {config.talker.executor} · code2wav {config.code2wav.executor} · {config.device}"
-
-
-class EngineProxy:
-    """Forwards every attribute to the manager's current engine."""
-
-    def __init__(self, manager: EngineManager) -> None:
-        self._manager = manager
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manager.engine, name)
+    @property
+    def label(self) -> str:
+        return f"the {self.role} engine ({describe(self.config)})"
 
 
 class EngineManager:
-    def __init__(self, config: EngineConfig, runs_dir: Path | None = None, build: bool = True) -> None:
-        self._config = config
-        self._engine: Engine | None = None
-        self._lock = threading.RLock()
+    """The app's state; `close()` ends both engines (the app calls it on shutdown)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        runs_dir: Path | None = None,
+        data_dir: Path | None = None,
+        voice_limits: VoiceLimits | None = None,
+        lab_limits: LabLimits | None = None,
+    ) -> None:
+        self.voices = VoiceLibrary((data_dir or default_data_dir()) / "voices", voice_limits)
         self._own_dir = runs_dir is None
         self.runs_dir = runs_dir or Path(tempfile.mkdtemp(prefix="voxtrace-runs-"))
         self.runs: dict[str, RunRecord] = {}
-        self.voices: dict[str, SavedVoice] = {}
         self.streams = StreamHub()
         self._ids = itertools.count(1)
-        if build:
-            self.engine  # noqa: B018 (build now, so start-up fails early on a bad checkpoint)
+        self._closing = threading.Lock()
+        self._closed = False
+        self.serving = Engine(config)  # built now, so start-up fails early on a bad checkpoint
+        try:
+            self.lab = LabEngine(checkpoint_bytes(self.serving.checkpoint), lab_limits)
+        except BaseException:
+            self.serving.close()
+            raise
 
-    # -- the engine ---------------------------------------------------------------------------------------------
+    # -- the engines --------------------------------------------------------------------------------------------
 
     @property
     def config(self) -> EngineConfig:
-        return self._config
-
-    @property
-    def engine(self) -> Engine:
-        with self._lock:
-            if self._engine is None:
-                self._engine = Engine(self._config)
-            return self._engine
+        """The serving engine's config."""
+        return self.serving.config
 
     @property
     def is_tiny(self) -> bool:
         """The embedded tiny model: random weights, so the audio is noise (the timings are real)."""
-        return self._config.model is None
-
-    @property
-    def engine_proxy(self) -> EngineProxy:
-        """Stands for whichever engine is current, for code that keeps an engine (the HTTP API) across switches."""
-        return EngineProxy(self)
+        return self.config.model is None
 
     def tasks(self) -> list[str]:
-        """The tasks the app offers: the checkpoint's own, or every task for the tiny model (rebuilt per task)."""
-        return list(TINY_TASK_OF) if self.is_tiny else [self.engine.model.task]
-
-    def switch(self, config: EngineConfig) -> Engine:
-        """The engine for `config`: the current one when the config is the same, else a new one (the old closed)."""
-        with self._lock:
-            if config == self._config and self._engine is not None:
-                return self._engine
-            old, self._engine = self._engine, None
-            if old is not None:
-                old.close()
-            self._config = config
-            return self.engine
+        """The tasks the app offers: the checkpoint's own, or every task for the tiny model (another task: a lab
+        engine on that task's tiny checkpoint)."""
+        return list(TINY_TASK_OF) if self.is_tiny else [self.serving.model.task]
 
     def config_for_task(self, task: str, base: EngineConfig | None = None) -> EngineConfig:
-        config = base or self._config
+        config = base or self.config
         if config.model is None and TINY_TASK_OF.get(task, config.tiny_task) != config.tiny_task:
             return dataclasses.replace(config, tiny_task=TINY_TASK_OF[task])
         return config
 
     @asynccontextmanager
-    async def temporary(self, config: EngineConfig) -> AsyncIterator[Engine]:
-        """An engine of its own for one comparison run, closed at the end; the current engine stays as it is.
-        Built and closed in a thread: start-up takes seconds and must not stall the server's event loop."""
-        engine = await asyncio.to_thread(Engine, config)
-        try:
-            yield engine
-        finally:
-            await asyncio.to_thread(engine.close)
+    async def engine_for(self, config: EngineConfig) -> AsyncIterator[EngineUse]:
+        """The serving engine for its own config, else the lab engine (`ui.lab.LabUnavailable` when there can be
+        none now)."""
+        if config == self.config:
+            yield EngineUse(self.serving, "serving", config)
+            return
+        async with self.lab.use(config) as engine:
+            yield EngineUse(engine, "lab", config)
+
+    def engine_if_up(self, config: EngineConfig) -> Engine | None:
+        """The engine `engine_for(config)` would give when it is already up, without building one."""
+        return self.serving if config == self.config else self.lab.engine_if_up(config)
 
     def close(self) -> None:
-        with self._lock:
-            if self._engine is not None:
-                self._engine.close()
-                self._engine = None
+        """Close the lab engine, then the serving engine (each bounded by `Engine.close`); again: nothing."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        self.lab.close()
+        self.serving.close()
         if self._own_dir:
             shutil.rmtree(self.runs_dir, ignore_errors=True)
 
-    # -- runs and voices ----------------------------------------------------------------------------------------
+    # -- runs -----------------------------------------------------------------------------------------------------
 
     def new_run_dir(self, kind: str) -> tuple[str, Path]:
         run_id = f"{kind}-{next(self._ids):03d}"
@@ -156,9 +157,6 @@ class EngineManager:
         record.created = record.created or time.time()
         self.runs[record.id] = record
         return record
-
-    def save_voice(self, voice: SavedVoice) -> None:
-        self.voices[voice.name] = voice
 
 
 def demo_clip(seconds: float = 3.0, sample_rate: int = 24000) -> bytes:

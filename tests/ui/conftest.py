@@ -31,7 +31,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    manager = EngineManager(EngineConfig(), runs_dir=tmp_path_factory.mktemp("runs"))
+    manager = EngineManager(
+        EngineConfig(), runs_dir=tmp_path_factory.mktemp("runs"), data_dir=tmp_path_factory.mktemp("data")
+    )
     port = free_port()
     config = uvicorn.Config(
         create_app(manager), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2

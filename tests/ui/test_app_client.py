@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +15,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from tests.ui.conftest import RunningApp
+from ui.uploads import NOT_UPLOADED
 
 # the Synthesize handler's inputs in order (gradio_client names them param_0, param_1, ...), with the page's defaults
 SYNTH_FIELDS = {
@@ -40,6 +46,26 @@ def synthesize(client: Client, **fields: Any) -> dict[str, Any]:
     return dict(zip(names, out, strict=True))
 
 
+def call(url: str, api_name: str, *inputs: Any) -> tuple[str, Any]:
+    """One event through Gradio's HTTP API as any script could send it (no upload step): the last SSE event's name
+    ("complete" or "error") and its data."""
+    posted = httpx.post(f"{url}/gradio_api/call/{api_name}", json={"data": list(inputs)}, timeout=30)
+    posted.raise_for_status()
+    name, data = None, None
+    with httpx.stream("GET", f"{url}/gradio_api/call/{api_name}/{posted.json()['event_id']}", timeout=300) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("event:"):
+                name = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data = json.loads(line.removeprefix("data:"))
+    return name, data
+
+
+def server_file(path: Path) -> dict[str, Any]:
+    """A file input that names a path on the server instead of an upload."""
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}}
+
+
 def wav_of(files: list[str]) -> np.ndarray:
     (path,) = [f for f in files if f.endswith(".wav")]
     audio, rate = sf.read(path)
@@ -48,9 +74,11 @@ def wav_of(files: list[str]) -> np.ndarray:
 
 
 def test_a_custom_voice_with_a_speaker(client: Client, running_app: RunningApp) -> None:
-    speakers, _, _ = client.predict("custom_voice", api_name="/set_task")  # the tiny model is rebuilt for the task
+    speakers, _, status = client.predict("custom_voice", api_name="/set_task")  # another tiny checkpoint: a lab engine
+    assert "lab engine (tiny-custom_voice" in status
+    lab = running_app.manager.lab
+    assert speakers["value"] in lab.engine_if_up(lab.config).model.speakers
     speaker = speakers["value"]
-    assert speaker in running_app.manager.engine.model.speakers
     out = synthesize(client, task="custom_voice", text="Hi.", speaker=speaker, max_new_tokens=10, seed=3)
     assert out["seed"] == 3
     assert len(wav_of(out["files"])) == 9 * 1920  # 10 draws -> 9 frames of 80 ms
@@ -89,7 +117,7 @@ def test_an_uploaded_clip_is_encoded_before_generate(
     client.predict("voice_clone", api_name="/set_task")
     status = client.predict("voice_clone", handle_file(str(fresh)), api_name="/prepare_voice")  # on upload
     assert status.startswith("Reference clip ready: encoded in")
-    voices = running_app.manager.engine.prep.voices
+    voices = running_app.manager.serving.prep.voices
     hits, misses = voices.hits, voices.misses
     synthesize(client, text="Ready.", ref_audio=handle_file(str(fresh)), ref_text="Reference.", max_new_tokens=4)
     assert (voices.hits, voices.misses) == (hits + 1, misses)  # Generate found the voice encoded
@@ -109,11 +137,24 @@ def test_a_bad_request_names_its_field(client: Client, clips: dict[str, Path]) -
         synthesize(client, task="voice_clone", text="No transcript.", ref_audio=clip, ref_text="")
 
 
-def test_a_saved_voice_is_picked_again(client: Client, clips: dict[str, Path]) -> None:
+def test_a_saved_voice_is_picked_again_by_any_visitor(
+    client: Client, running_app: RunningApp, clips: dict[str, Path]
+) -> None:
     saved = client.predict("me", handle_file(str(clips["mono"])), "", True, api_name="/save_voice")
     assert saved["value"] == "me"
-    out = synthesize(client, task="voice_clone", text="Again.", saved_voice="me", max_new_tokens=6, seed=1)
+    other = Client(running_app.url + "/", verbose=False)  # another visitor: the library belongs to the server
+    out = synthesize(other, task="voice_clone", text="Again.", saved_voice="me", max_new_tokens=6, seed=1)
     assert len(wav_of(out["files"])) == 5 * 1920
+    with pytest.raises(AppError, match="already saved"):  # names are unique; nothing is replaced
+        other.predict("me", handle_file(str(clips["stereo"])), "", True, api_name="/save_voice")
+    with pytest.raises(AppError, match="A voice name is"):  # a name is never a path
+        client.predict("../me", handle_file(str(clips["mono"])), "", True, api_name="/save_voice")
+    # on disk under the app's data folder (so it outlives the app), in files named by the library
+    files = sorted(p.suffix for p in running_app.manager.voices.folder.iterdir())
+    assert files == [".clip", ".json"]
+    deleted = other.predict("me", api_name="/delete_voice")
+    assert "me" not in [value for _, value in deleted["choices"]]
+    assert not any(running_app.manager.voices.folder.iterdir())
 
 
 def test_a_comparison_of_uni_against_mp(client: Client) -> None:
@@ -145,3 +186,70 @@ def test_the_runs_of_this_session_open_again(client: Client) -> None:
     cards, _timeline, _util, _overhead, files = client.predict(first_synth, api_name="/open_run")
     assert "time to first audio" in cards
     assert any(f.endswith("trace.json") for f in files)
+
+
+# -- what a page may not do ------------------------------------------------------------------------------------------
+
+
+def test_a_file_on_the_server_is_never_read_through_the_page_api(running_app: RunningApp, tmp_path: Path) -> None:
+    """Every handler that takes a clip, called with a server path instead of an upload: one refusal, the same whether
+    or not the path exists, and the file is not touched (Gradio would have copied it into its cache)."""
+    outside = tmp_path / f"outside-{uuid.uuid4().hex}.wav"  # a readable wav, never uploaded
+    sf.write(outside, np.zeros(24000, np.float32), 24000)
+    missing = tmp_path / "missing.wav"
+    handlers = {
+        "prepare_voice": lambda clip: ["voice_clone", clip],
+        "save_voice": lambda clip: ["stolen", clip, "", True],
+        "synthesize": lambda clip: [*{**SYNTH_FIELDS, "ref_audio": clip}.values()],
+        "compare": lambda clip: ["current · uni-uni", "current · uni-uni", "Hi.", 1, 1, 4, 0, clip],
+    }
+    for api_name, inputs in handlers.items():
+        answers = [call(running_app.url, api_name, *inputs(server_file(path))) for path in (outside, missing)]
+        assert answers[0] == answers[1], api_name
+        event, data = answers[0]
+        assert (event, data["error"]) == ("error", NOT_UPLOADED), api_name
+    assert not list(Path(get_upload_folder()).rglob(outside.name))  # Gradio did not copy it either
+    assert "stolen" not in running_app.manager.voices.names()
+
+
+def test_a_page_with_other_settings_never_touches_the_serving_engine(
+    client: Client, running_app: RunningApp, clips: dict[str, Path]
+) -> None:
+    """A Generate with another executor runs on a lab engine while HTTP API streams run on the serving engine: every
+    stream ends whole, and the serving engine is the one the server started with."""
+    manager = running_app.manager
+    serving = manager.serving
+    clip = base64.b64encode(clips["mono"].read_bytes()).decode()
+    frames = 60
+    body = {"input": "A long answer that keeps streaming.", "ref_audio": clip, "x_vector_only_mode": True,
+            "response_format": "pcm", "stream": True, "max_new_tokens": frames + 1, "temperature": 0}  # fmt: skip
+    started = [threading.Event() for _ in range(3)]
+    voice = handle_file(str(clips["mono"]))
+
+    def stream(first_bytes: threading.Event) -> bytes:
+        data = b""
+        try:
+            with httpx.stream("POST", running_app.url + "/v1/audio/speech", json=body, timeout=300) as response:
+                response.raise_for_status()
+                for piece in response.iter_bytes():  # a stream cut by the server raises here
+                    data += piece
+                    first_bytes.set()
+        finally:
+            first_bytes.set()  # a failed request wakes the test too, which then reports why
+        return data
+
+    with ThreadPoolExecutor(len(started)) as pool:
+        streams = [pool.submit(stream, event) for event in started]
+        for event, future in zip(started, streams, strict=True):
+            assert event.wait(120), "an API stream did not start"
+            if future.done():
+                future.result()  # raises if it failed
+        page = synthesize(client, talker_executor="mp", text="Lab.", ref_audio=voice, x_vector_only=True,
+                          max_new_tokens=4, seed=2)  # fmt: skip
+        pcm = [future.result(timeout=300) for future in streams]
+    assert "on the lab engine (tiny-base · talker mp · code2wav uni" in page["status"]
+    assert [len(p) for p in pcm] == [frames * 1920 * 2] * len(pcm)  # s16le: every frame of every stream arrived
+    assert manager.serving is serving and all(serving.ready().values())
+    assert manager.lab.config.talker.executor == "mp"
+    again = synthesize(client, text="Serving.", ref_audio=voice, x_vector_only=True, max_new_tokens=4, seed=2)
+    assert "on the serving engine (tiny-base · talker uni · code2wav uni" in again["status"]

@@ -1,5 +1,5 @@
-"""Benchmark: a concurrency sweep from the page, config by config, with progress, the runner's charts and the
-results to download."""
+"""Benchmark: a concurrency sweep from the page, config by config on the lab engine (`ui.lab`: the serving engine
+is not touched), with progress, the runner's charts and the results to download."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from profiling.figures import concurrency_figure
+from ui.lab import LabUnavailable
 from ui.profiled import sweep
 from ui.state import EngineManager, RunRecord, describe, preset_configs
 from ui.views.compare import Workload
@@ -64,7 +65,10 @@ async def benchmark(
         if progress is not None:
             progress(fraction, what)
 
-    bench, paths = await sweep(chosen, concurrencies, work.requests, n, run_dir, report)
+    try:
+        bench, paths = await sweep(chosen, concurrencies, work.requests, n, run_dir, manager.lab.use, report)
+    except LabUnavailable as exc:
+        raise gr.Error(str(exc)) from exc
     rows = [lv.row() for lv in bench.levels]
     table = [[r[k] for k in COLUMNS] for r in rows]
     files = [str(paths[k]) for k in ("csv", "json", "html")]
@@ -73,7 +77,7 @@ async def benchmark(
             run_id,
             "benchmark",
             f"sweep c={concurrencies} × {len(chosen)} config(s)",
-            " | ".join(describe(c) for c in chosen.values()),
+            " | ".join(f"lab: {describe(c)}" for c in chosen.values()),
             time.time(),
             [],
             files,

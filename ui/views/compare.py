@@ -1,5 +1,6 @@
-"""Compare: the same requests under two configs (say uni against mp), one after the other, each on an engine of its
-own; both timelines on one time axis, the metrics side by side with the difference, and a one-line verdict."""
+"""Compare: the same requests under two configs (say uni against mp), one after the other, each on the lab engine
+(`ui.lab`: the serving engine is not touched); both timelines on one time axis, the metrics side by side with the
+difference, and a one-line verdict."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from engine import EngineConfig, RequestError, SpeechRequest
 from engine.model.sampling import SamplingParams
 from engine.request import EngineError
 from profiling.figures import timeline_figure
+from ui.lab import LabUnavailable
 from ui.profiled import RunOutcome, run_requests
 from ui.state import TINY_TASK_OF, EngineManager, RunRecord, demo_clip, describe, preset_configs
+from ui.uploads import Uploads
 
 TASK_OF_TINY = {tiny: task for task, tiny in TINY_TASK_OF.items()}
 
@@ -49,7 +52,7 @@ class Workload:
 
     @classmethod
     def of(cls, manager: EngineManager, text: str, max_new_tokens: int, clip: bytes | None = None) -> Workload:
-        model = manager.engine.model
+        model = manager.serving.model
         return cls(model.task, (model.speakers or [None])[0], text, max_new_tokens, clip)
 
     def requests(self, config: EngineConfig, n: int, seed: int) -> list[SpeechRequest]:
@@ -107,6 +110,7 @@ def verdict(a: RunOutcome, b: RunOutcome) -> str:
 
 async def compare(
     manager: EngineManager,
+    uploads: Uploads,
     config_a: str,
     config_b: str,
     text: str,
@@ -120,7 +124,7 @@ async def compare(
     presets = preset_configs(manager)
     if config_a not in presets or config_b not in presets:
         raise gr.Error(f"unknown config; choose from {', '.join(presets)}")
-    clip = Path(clip_path).read_bytes() if clip_path else None
+    clip = uploads.read(clip_path)
     work = Workload.of(manager, text, int(max_new_tokens), clip)
     run_id, run_dir = manager.new_run_dir("compare")
     outcomes = []
@@ -130,11 +134,11 @@ async def compare(
             progress(0.5 * len(outcomes), f"{side}: starting {name}")
         reqs = work.requests(config, int(requests), int(seed))
         try:
-            async with manager.temporary(config) as engine:
+            async with manager.lab.use(config) as engine:
                 outcome = await run_requests(
                     engine, reqs, run_dir / side, concurrency=int(concurrency), label=f"{side}: {name}"
                 )
-        except (RequestError, EngineError) as exc:
+        except (RequestError, EngineError, LabUnavailable) as exc:
             raise gr.Error(f"{side} ({name}): {exc}") from exc
         if outcome.errors:
             raise gr.Error(f"{side} ({name}): {next(iter(outcome.errors.values()))}")
@@ -146,7 +150,7 @@ async def compare(
             run_id,
             "compare",
             f"{config_a} vs {config_b}",
-            f"{describe(presets[config_a])} | {describe(presets[config_b])}",
+            f"lab: {describe(presets[config_a])} | lab: {describe(presets[config_b])}",
             time.time(),
             outcomes,
             files,
@@ -161,7 +165,7 @@ async def compare(
     return shared_timeline(a, b), metrics_table(a, b), verdict(a, b), files
 
 
-def build(manager: EngineManager) -> None:
+def build(manager: EngineManager, uploads: Uploads) -> None:
     names = list(preset_configs(manager))
     with gr.Row():
         config_a = gr.Dropdown(names, value=names[0], label="config A")
@@ -172,7 +176,7 @@ def build(manager: EngineManager) -> None:
         concurrency = gr.Number(2, precision=0, minimum=1, maximum=32, label="concurrency")
         max_new_tokens = gr.Number(40, precision=0, minimum=2, label="max frames")
         seed = gr.Number(0, precision=0, label="seed (request i uses seed + i)")
-    clip = gr.Audio(sources=["upload"], type="filepath", label="reference clip (voice clone; default: a test tone)")
+    clip = uploads.clip_input(sources=["upload"], label="reference clip (voice clone; default: a test tone)")
     go_button = gr.Button("Compare", variant="primary", elem_id="vx-compare")
     verdict_md = gr.Markdown()
     table = gr.Dataframe(headers=["metric", "A", "B", "B − A", "B / A"], label="metrics", interactive=False)
@@ -180,7 +184,7 @@ def build(manager: EngineManager) -> None:
     files = gr.File(label="traces and metrics", file_count="multiple")
 
     async def run(*args: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        fig, rows, line, paths = await compare(manager, *args, progress=progress)
+        fig, rows, line, paths = await compare(manager, uploads, *args, progress=progress)
         return line, rows, fig, paths
 
     go_button.click(

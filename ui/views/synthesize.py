@@ -7,7 +7,6 @@ import concurrent.futures
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,12 +15,13 @@ from engine import EngineConfig, RequestError, SpeechRequest
 from engine.config import ChunkingConfig, ConfigError
 from engine.model.sampling import SamplingParams
 from engine.request import EngineError
+from ui.lab import LabUnavailable
 from ui.player import PLAYER_JS, PLAYER_TEMPLATE
 from ui.profiled import run_requests
-from ui.state import EngineManager, RunRecord, SavedVoice, describe
+from ui.state import EngineManager, EngineUse, RunRecord, describe
+from ui.uploads import Uploads
+from ui.views import saved_voices
 from ui.views.render import capture_note, figures, request_cards
-
-NO_VOICE = "(upload or record a clip)"
 
 
 @dataclasses.dataclass
@@ -66,12 +66,9 @@ def engine_controls(config: EngineConfig) -> list[gr.components.Component]:
     return [talker, code2wav, seqs, first, steady]
 
 
-def _read_clip(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
-
-
 def build_request(
     manager: EngineManager,
+    uploads: Uploads,
     task: str,
     text: str,
     language: str,
@@ -88,9 +85,9 @@ def build_request(
     max_new_tokens: int,
     seed: float | None,
 ) -> SpeechRequest:
-    clip, transcript = _read_clip(ref_audio), ref_text or None
-    if task == "voice_clone" and clip is None and saved_voice in manager.voices:
-        voice = manager.voices[saved_voice]
+    clip, transcript = uploads.read(ref_audio), ref_text or None
+    voice = saved_voices.saved_voice(manager, saved_voice) if task == "voice_clone" and clip is None else None
+    if voice is not None:
         clip, transcript, x_vector_only = voice.clip, voice.ref_text, voice.x_vector_only
     try:
         sampling = SamplingParams(
@@ -120,8 +117,9 @@ def build_request(
     )
 
 
-async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[Any, ...]]:
-    """Outputs: player stream URL, metric cards, seed used, timeline, utilization, overhead, downloads, status."""
+async def synthesize(manager: EngineManager, uploads: Uploads, *args: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """Outputs: player stream URL, metric cards, seed used, timeline, utilization, overhead, downloads, status.
+    The page's settings run on the serving engine when they are its own, else on the lab engine (`ui.lab`)."""
     *request_args, talker, code2wav, seqs, first, steady, torch_capture = args
     task = request_args[0]
     # cards, seed, plots, files: the last run's go. None, not "": the later yields then reach a client as "replace"
@@ -133,24 +131,34 @@ async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[
         config = manager.config_for_task(task, settings.apply(manager.config))
     except ConfigError as exc:
         raise gr.Error(f"engine settings: {exc}") from exc
-    if config != manager.config:
-        yield (None, *cleared, f"Starting the engine: {describe(config)} …")
-    engine = await asyncio.to_thread(manager.switch, config)
     try:
-        request = build_request(manager, *request_args)
+        request = build_request(manager, uploads, *request_args)
     except RequestError as exc:
         raise gr.Error(str(exc)) from exc
-    stream = manager.streams.open(engine.model.sample_rate)
-    yield (stream.url, *cleared, "Generating …")
+    if manager.engine_if_up(config) is None:
+        yield (None, *cleared, f"Starting a lab engine for these settings: {describe(config)} …")
+    try:
+        async with manager.engine_for(config) as use:
+            async for out in _run(manager, use, request, bool(torch_capture), cleared):
+                yield out
+    except LabUnavailable as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+async def _run(
+    manager: EngineManager, use: EngineUse, request: SpeechRequest, torch_capture: bool, cleared: tuple[None, ...]
+) -> AsyncIterator[tuple[Any, ...]]:
+    stream = manager.streams.open(use.engine.model.sample_rate)
+    yield (stream.url, *cleared, f"Generating on {use.label} …")
     run_id, run_dir = manager.new_run_dir("synthesize")
     try:
         outcome = await run_requests(
-            engine,
+            use.engine,
             [request],
             run_dir,
             label=run_id,
             on_chunk=lambda c: stream.push(c.samples),
-            torch_capture=bool(torch_capture),
+            torch_capture=torch_capture,
         )
     except (RequestError, EngineError) as exc:
         raise gr.Error(str(exc)) from exc
@@ -165,36 +173,44 @@ async def synthesize(manager: EngineManager, *args: Any) -> AsyncIterator[tuple[
             run_id,
             "synthesize",
             request.text[:60],
-            describe(config),
+            f"{use.role}: {describe(use.config)}",
             time.time(),
             [outcome],
             [str(p) for p in outcome.files.values()],
-            {"task": task, "seed": seed, "ttfa_s": metrics.ttfa_s, "rtf": metrics.rtf, "audio_s": metrics.audio_s},
+            {
+                "task": request.task,
+                "seed": seed,
+                "ttfa_s": metrics.ttfa_s,
+                "rtf": metrics.rtf,
+                "audio_s": metrics.audio_s,
+            },
         )
     )
     timeline, util, overhead = figures(outcome)
-    status = f"Run {record.id} on {record.config}. Seed {seed}: set it above to repeat this run."
+    status = f"Run {record.id} on {use.label}. Seed {seed}: set it above to repeat this run."
     if torch_capture:
         status += " " + capture_note(outcome)
     yield (stream.url, request_cards(metrics, seed), seed, timeline, util, overhead, record.files, status)
 
 
-async def prepare_voice(manager: EngineManager, task: str, ref_audio: str | None) -> Any:
+async def prepare_voice(manager: EngineManager, uploads: Uploads, task: str, ref_audio: str | None) -> Any:
     """Put an uploaded or recorded clip through the encoders at once, while the user still types: Generate then finds
-    the voice cached. A clip that a request would be refused for says so now. Returns the status line."""
-    clip = _read_clip(ref_audio)
-    if task != "voice_clone" or clip is None:
+    the voice cached (on the engine that is up for the task: the serving one, or a lab engine already built). A clip
+    that a request would be refused for says so now. Returns the status line."""
+    clip = uploads.read(ref_audio)
+    engine = manager.engine_if_up(manager.config_for_task(task))
+    if task != "voice_clone" or clip is None or engine is None:
         return gr.skip()
     start = time.perf_counter()
     try:
-        future = manager.engine.prepare_voice(clip)
+        future = engine.prepare_voice(clip)
         await asyncio.wait([asyncio.wrap_future(future)])
         voice = future.result()
     except RequestError as exc:
         gr.Warning(str(exc))
         return f"Reference clip refused: {exc}"
     except (EngineError, concurrent.futures.CancelledError):
-        return gr.skip()  # the engine was switched meanwhile: Generate encodes the clip itself
+        return gr.skip()  # a lab engine closed meanwhile: Generate encodes the clip itself
     frames = voice.ref_codes.shape[0] if voice.ref_codes is not None else 0
     return (
         f"Reference clip ready: encoded in {(time.perf_counter() - start) * 1000:.0f} ms ({frames} frames of "
@@ -202,43 +218,37 @@ async def prepare_voice(manager: EngineManager, task: str, ref_audio: str | None
     )
 
 
-def save_voice(manager: EngineManager, name: str, ref_audio: str | None, ref_text: str, x_vector_only: bool) -> Any:
-    if not name.strip():
-        raise gr.Error("Give the voice a name.")
-    clip = _read_clip(ref_audio)
-    if clip is None:
-        raise gr.Error("Upload or record a reference clip first.")
-    manager.save_voice(SavedVoice(name.strip(), clip, ref_text or None, x_vector_only))
-    return gr.update(choices=[NO_VOICE, *manager.voices], value=name.strip())
-
-
-def on_task(manager: EngineManager, task: str) -> tuple[Any, Any, str]:
-    """Load the engine for the task (the tiny model is rebuilt per task) and offer its speakers and languages."""
-    engine = manager.switch(manager.config_for_task(task))
-    speakers = engine.model.speakers
+async def on_task(manager: EngineManager, task: str) -> tuple[Any, Any, str]:
+    """Offer the task's speakers and languages. On the tiny model another task is another checkpoint: its lab
+    engine is built now, so Generate finds it up."""
+    config = manager.config_for_task(task)
+    try:
+        async with manager.engine_for(config) as use:
+            model = use.engine.model
+    except LabUnavailable as exc:
+        gr.Warning(str(exc))
+        return gr.skip(), gr.skip(), f"Task {task} needs a lab engine: {exc}"
+    speakers = model.speakers
     return (
         gr.update(choices=speakers, value=speakers[0] if speakers else None),
-        gr.update(choices=engine.model.languages),
-        f"Engine: {describe(manager.config)}",
+        gr.update(choices=model.languages),
+        f"Task {task} runs on {use.label}.",
     )
 
 
-def build(manager: EngineManager) -> None:
-    model = manager.engine.model
-    tasks = manager.tasks()
+def build(manager: EngineManager, uploads: Uploads) -> gr.Dropdown:
+    """The view; returns the saved-voice picker, which the app refreshes when a page loads."""
+    model = manager.serving.model
     with gr.Row():
         with gr.Column(scale=2):
-            task = gr.Radio(tasks, value=model.task, label="task")
+            task = gr.Radio(manager.tasks(), value=model.task, label="task")
             text = gr.Textbox("Hello from Voxtrace, a Qwen3-TTS serving engine.", label="text", lines=3)
             language = gr.Dropdown(model.languages, value="auto", label="language")
             with gr.Accordion("voice", open=True):
-                ref_audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="reference clip")
+                ref_audio = uploads.clip_input(sources=["upload", "microphone"], label="reference clip")
                 ref_text = gr.Textbox(label="transcript of the clip (voice clone)")
                 x_vector_only = gr.Checkbox(False, label="x-vector only (no transcript needed)")
-                with gr.Row():
-                    saved = gr.Dropdown([NO_VOICE], value=NO_VOICE, label="saved voice")
-                    voice_name = gr.Textbox(label="save this clip as", scale=1)
-                    save = gr.Button("save voice", size="sm")
+                saved = saved_voices.build(manager, uploads, ref_audio, ref_text, x_vector_only)
                 speaker = gr.Dropdown(
                     model.speakers, value=(model.speakers or [None])[0], label="speaker (custom voice)"
                 )
@@ -252,13 +262,13 @@ def build(manager: EngineManager) -> None:
                 with gr.Row():
                     max_new_tokens = gr.Number(200, precision=0, label="max frames (80 ms each)")
                     seed = gr.Number(-1, precision=0, label="seed (-1: pick one and show it)")
-            with gr.Accordion("engine", open=False):
+            with gr.Accordion("engine (other settings than the server's run on a lab engine)", open=False):
                 engine_inputs = engine_controls(manager.config)
                 torch_capture = gr.Checkbox(False, label="torch.profiler capture (TensorBoard folder)")
             go = gr.Button("Generate", variant="primary", elem_id="vx-generate")
         with gr.Column(scale=3):
             player = gr.HTML("", html_template=PLAYER_TEMPLATE, js_on_load=PLAYER_JS, elem_id="vx-player")
-            status = gr.Markdown(f"Engine: {describe(manager.config)}", elem_id="vx-status")
+            status = gr.Markdown(f"Serving engine: {describe(manager.config)}", elem_id="vx-status")
             cards = gr.HTML("", elem_id="vx-cards")
             seed_used = gr.Number(label="seed used", interactive=False)
             timeline = gr.Plot(label="timeline", elem_id="vx-timeline")
@@ -269,7 +279,7 @@ def build(manager: EngineManager) -> None:
     request_inputs += [do_sample, temperature, top_k, top_p, max_new_tokens, seed]
 
     async def run(*args: Any) -> AsyncIterator[tuple[Any, ...]]:
-        async for out in synthesize(manager, *args):
+        async for out in synthesize(manager, uploads, *args):
             yield out
 
     go.click(
@@ -280,13 +290,11 @@ def build(manager: EngineManager) -> None:
     )
 
     async def warm(task_name: str, clip_path: str | None) -> Any:
-        return await prepare_voice(manager, task_name, clip_path)
+        return await prepare_voice(manager, uploads, task_name, clip_path)
+
+    async def pick_task(task_name: str) -> tuple[Any, Any, str]:
+        return await on_task(manager, task_name)
 
     ref_audio.change(warm, [task, ref_audio], [status], api_name="prepare_voice")
-    save.click(
-        lambda *a: save_voice(manager, *a),
-        [voice_name, ref_audio, ref_text, x_vector_only],
-        [saved],
-        api_name="save_voice",
-    )
-    task.change(lambda t: on_task(manager, t), [task], [speaker, language, status], api_name="set_task")
+    task.change(pick_task, [task], [speaker, language, status], api_name="set_task")
+    return saved

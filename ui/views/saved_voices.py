@@ -1,0 +1,75 @@
+"""The saved-voice row of the Synthesize view: pick a voice of the server's library (`ui.voices`), save the clip
+above under a name, delete a voice. The library is shared by every visitor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ui.state import EngineManager
+from ui.uploads import Uploads
+from ui.voices import SavedVoice, VoiceError
+
+NO_VOICE = "(upload or record a clip)"
+
+
+def choices(manager: EngineManager, value: str = NO_VOICE) -> Any:
+    """The picker as the library is now."""
+    return gr.update(choices=[NO_VOICE, *manager.voices.names()], value=value)
+
+
+def saved_voice(manager: EngineManager, name: str | None) -> SavedVoice | None:
+    """The voice picked, or None for none; `gr.Error` for a name the library does not hold (any more)."""
+    if not name or name == NO_VOICE:
+        return None
+    voice = manager.voices.get(name)
+    if voice is None:
+        raise gr.Error(f"No saved voice is named {name!r} (any more).")
+    return voice
+
+
+def save_voice(
+    manager: EngineManager, uploads: Uploads, name: str, ref_audio: str | None, ref_text: str, x_vector_only: bool
+) -> Any:
+    clip = uploads.read(ref_audio)
+    if clip is None:
+        raise gr.Error("Upload or record a reference clip first.")
+    try:
+        name = manager.voices.check_name(name)
+        manager.voices.save(SavedVoice(name, clip, ref_text or None, x_vector_only))
+    except VoiceError as exc:
+        raise gr.Error(str(exc)) from exc
+    return choices(manager, name)
+
+
+def delete_voice(manager: EngineManager, name: str | None) -> Any:
+    if not name or name == NO_VOICE:
+        raise gr.Error("Pick a saved voice to delete.")
+    try:
+        manager.voices.delete(name)
+    except VoiceError as exc:
+        raise gr.Error(str(exc)) from exc
+    return choices(manager)
+
+
+def build(
+    manager: EngineManager, uploads: Uploads, clip: gr.Audio, ref_text: gr.Textbox, x_vector_only: gr.Checkbox
+) -> gr.Dropdown:
+    """The row; returns the picker (a Synthesize input, refreshed by the app when a page loads)."""
+    with gr.Row():
+        # any value: the library changes under every page, so the handler checks the name, not the page's choices
+        saved = gr.Dropdown(
+            [NO_VOICE, *manager.voices.names()], value=NO_VOICE, label="saved voice", allow_custom_value=True
+        )
+        name = gr.Textbox(label="save this clip as", scale=1)
+        save = gr.Button("save voice", size="sm")
+        delete = gr.Button("delete voice", size="sm", variant="stop")
+    save.click(
+        lambda *a: save_voice(manager, uploads, *a),
+        [name, clip, ref_text, x_vector_only],
+        [saved],
+        api_name="save_voice",
+    )
+    delete.click(lambda v: delete_voice(manager, v), [saved], [saved], api_name="delete_voice")
+    return saved
