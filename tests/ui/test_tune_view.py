@@ -16,7 +16,7 @@ from ui.views import tune as tune_view
 WORKLOAD = {
     "arrival": {"pattern": "closed", "concurrency": 2},
     "text": {"length": "short"},
-    "max_new_tokens": 6,
+    "max_new_tokens": 4,
     "space": {"chunking.first_chunk_frames": [1, 2]},
 }
 
@@ -32,7 +32,7 @@ def manager(tmp_path_factory: pytest.TempPathFactory):
 
 async def collect(manager: EngineManager, workload: str) -> list[tuple]:
     name = next(iter(tune_view.preset_configs(manager)))
-    return [u async for u in tune_view.run_tune(manager, name, workload, "60s", [], 4)]
+    return [u async for u in tune_view.run_tune(manager, name, workload, "30s", [], 4)]
 
 
 def test_a_tune_from_the_page_fills_the_chart_in_and_ends_with_the_config(manager: EngineManager) -> None:
