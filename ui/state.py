@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -63,7 +63,7 @@ class EngineUse:
     """The engine a run is on, and which one it is: the page says so."""
 
     engine: Engine
-    role: str  # "serving" or "lab"
+    role: Literal["serving", "lab"]
     config: EngineConfig
 
     @property

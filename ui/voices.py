@@ -92,11 +92,17 @@ class VoiceLibrary:
             entry = self._entries.get(name)
             if entry is None:
                 return None
-            clip = self._clip_path(entry.id).read_bytes()
+            try:
+                clip = self._clip_path(entry.id).read_bytes()
+            except OSError as exc:  # removed from the folder behind the app's back
+                log.warning("saved voice %r is gone: %s", name, exc)
+                del self._entries[name]
+                return None
         return SavedVoice(entry.name, clip, entry.ref_text, entry.x_vector_only)
 
-    def save(self, voice: SavedVoice) -> None:
-        name = self.check_name(voice.name)
+    def save(self, voice: SavedVoice) -> str:
+        """Save `voice`; returns the name it is saved under (stripped). `VoiceError` says why not."""
+        name = self._check_name(voice.name)
         check_audio(voice.clip)
         entry = _Entry(secrets.token_hex(8), name, voice.ref_text, voice.x_vector_only, time.time(), len(voice.clip))
         with self._lock:
@@ -117,6 +123,7 @@ class VoiceLibrary:
             meta = {k: v for k, v in asdict(entry).items() if k not in ("id", "size")}
             _write(self._meta_path(entry.id), json.dumps(meta).encode())
             self._entries[name] = entry
+        return name
 
     def delete(self, name: str) -> None:
         with self._lock:
@@ -126,7 +133,7 @@ class VoiceLibrary:
             self._meta_path(entry.id).unlink(missing_ok=True)  # the JSON first: a voice without it is gone
             self._clip_path(entry.id).unlink(missing_ok=True)
 
-    def check_name(self, name: str) -> str:
+    def _check_name(self, name: str) -> str:
         """The name, stripped, when it can name a voice; else `VoiceError` saying what is allowed."""
         name = name.strip()
         if not name:

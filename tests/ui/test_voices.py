@@ -83,3 +83,10 @@ def test_a_save_cut_short_leaves_no_voice(tmp_path: Path) -> None:
 def test_deleting_an_unknown_voice_says_so(tmp_path: Path) -> None:
     with pytest.raises(VoiceError, match="No saved voice"):
         VoiceLibrary(tmp_path).delete("ghost")
+
+
+def test_a_voice_whose_clip_was_removed_behind_the_app_is_gone(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path)
+    assert library.save(SavedVoice(" Ana ", CLIP, None, True)) == "Ana"
+    next(tmp_path.glob("*.clip")).unlink()
+    assert library.get("Ana") is None and library.names() == []

@@ -36,8 +36,7 @@ def save_voice(
     if clip is None:
         raise gr.Error("Upload or record a reference clip first.")
     try:
-        name = manager.voices.check_name(name)
-        manager.voices.save(SavedVoice(name, clip, ref_text or None, x_vector_only))
+        name = manager.voices.save(SavedVoice(name, clip, ref_text or None, x_vector_only))
     except VoiceError as exc:
         raise gr.Error(str(exc)) from exc
     return choices(manager, name)
