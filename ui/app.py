@@ -1,17 +1,16 @@
-"""The Gradio app (Synthesize, Compare, Benchmark, Runs) and the one FastAPI server that carries it, the HTTP API
+"""The Gradio app (Synthesize, Compare, Benchmark, Tune, Runs) and the one FastAPI server that carries it, the HTTP API
 and the player's audio stream."""
 
 from __future__ import annotations
-
-import importlib
 
 import gradio as gr
 from fastapi import FastAPI
 
 from ui.player import add_stream_route
+from ui.server import create_server
 from ui.state import EngineManager, describe
 from ui.uploads import Uploads
-from ui.views import benchmark, compare, runs, saved_voices, synthesize
+from ui.views import benchmark, compare, runs, saved_voices, synthesize, tune
 from ui.views.render import CARD_CSS
 
 MAX_UPLOAD = "20mb"  # a reference clip is at most 30 s; nothing bigger needs to reach the server
@@ -37,6 +36,8 @@ def build_app(manager: EngineManager) -> gr.Blocks:
             compare.build(manager, uploads)
         with gr.Tab("Benchmark"):
             benchmark.build(manager)
+        with gr.Tab("Tune"):
+            tune.build(manager)
         with gr.Tab("Runs") as runs_tab:
             shown = runs.build(manager)
         runs_tab.select(lambda: runs.refresh(manager), None, list(shown), api_visibility="private")
@@ -44,21 +45,10 @@ def build_app(manager: EngineManager) -> gr.Blocks:
     return app
 
 
-def _api_server(manager: EngineManager) -> FastAPI:
-    """The HTTP API's server (`ui.server.create_server`) when it is there, else a bare FastAPI app."""
-    try:
-        server = importlib.import_module("ui.server")
-    except ModuleNotFoundError as exc:
-        if exc.name != "ui.server":
-            raise
-        return FastAPI(title="Voxtrace")
-    return server.create_server(manager.serving)
-
-
 def create_app(manager: EngineManager) -> FastAPI:
     """One server: the HTTP API's routes (over the serving engine), the player's stream route, and the Gradio app at
     "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server paths."""
-    server = _api_server(manager)
+    server = create_server(manager.serving)
     add_stream_route(server, manager.streams)
     blocks = build_app(manager)
     blocks.queue(default_concurrency_limit=4)
