@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import Engine, SpeechRequest
+from engine import Engine, EngineError, RequestError, SpeechRequest
 from profiling.events import UTILIZATION, Event, EventBatch, Timeline, clock_name, merge_timelines, now_ns
 from profiling.gpu_idle import IdleSplit, idle_split
 from profiling.metrics import (
@@ -46,6 +47,8 @@ from profiling.metrics import (
 )
 from profiling.trace import TorchTrace, check_trace, chrome_trace, write_chrome_trace
 from profiling.utilization import CPU_PERCENT, GPU_BUSY_PERCENT, UtilizationSampler
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (requests done, total)
 
@@ -119,15 +122,19 @@ class RunResult:
         }
 
 
-async def _one(engine: Engine, request: SpeechRequest, slots: asyncio.Semaphore) -> tuple[int, list, Exception | None]:
-    """(start, [(arrival_ns, samples array)], error) for one request, started when a slot frees."""
+async def _one(engine: Engine, request: SpeechRequest, slots: asyncio.Semaphore) -> tuple[int, list, str | None]:
+    """(start, [(arrival_ns, samples array)], error) for one request, started when a slot frees. The error is the
+    engine's own message (it names the field or the failure); anything else is a bug of ours, logged in full."""
     async with slots:
         start, chunks = now_ns(), []
         try:
             async for chunk in engine.generate(request):
                 chunks.append((now_ns(), chunk.samples))
-        except Exception as exc:  # a failed request is reported, the run goes on
-            return start, chunks, exc
+        except (RequestError, EngineError) as exc:  # a failed request is reported, the run goes on
+            return start, chunks, str(exc)
+        except Exception:
+            log.exception("request %s of a profiled run", request.request_id)
+            return start, chunks, "internal error (see the server log)"
         return start, chunks, None
 
 
@@ -176,7 +183,7 @@ async def profile_run_async(
         samples = [c for _, c in chunks]
         audio[rid] = np.concatenate(samples) if samples else np.zeros(0, np.float32)
         if error is not None:
-            errors[rid] = f"{type(error).__name__}: {error}"
+            errors[rid] = error
         elif any(len(s) for s in samples):  # no audio: ttfa and rtf are undefined, left out as the reference does
             arrivals = [t / 1e9 for t, _ in chunks]
             per_request.append(request_metrics(rid, start / 1e9, arrivals, [len(s) for s in samples], rate))
