@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ from engine.config import StageConfig
 from engine.model.codec import Code2Wav, DecoderState
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput, WarmPrefix
 from profiling import events
+
+log = logging.getLogger(__name__)
 
 INTEGER_CODES = (torch.int64, torch.int32)
 FORGET_AFTER = 4096  # cancelled or failed ids remembered (to drop their late chunks) before the oldest is forgotten
@@ -225,9 +228,10 @@ class Code2WavStage:
                     torch.stack([item.codes for item in items]),
                     [self._zero_state if r.state is None else r.state for r in reqs],
                 )
-        except Exception as exc:  # an error fails its request, never the stage
+        except Exception:  # an error fails its request, never the stage
             if len(group) == 1:
-                return [self._fail(group[0], f"code2wav: decode failed: {type(exc).__name__}: {exc}")]
+                log.exception("request %s: code2wav: the decode failed", group[0])
+                return [self._fail(group[0], "code2wav: the decode failed")]
             return [out for rid in group for out in self._decode([rid])]  # find the row that fails
         out: list[StageOutput] = []
         for i, (rid, req, state) in enumerate(zip(group, reqs, states, strict=True)):

@@ -13,11 +13,19 @@ through the predictor and the decode step of that step (its outputs are dropped)
 one read-back at the end. A row whose next draw could only be its last (the limit) finishes after this frame,
 without the decode step that would feed that draw, since a last draw never yields a frame.
 
+A failure belongs to its request: a job whose prompt cannot be laid out or prefilled fails alone, and a decode step
+that raises is retried on halves of its batch until the row(s) that raise are found; they fail (`Failed`), the others
+take the step as if they had never been batched with them. A retry is exact because an attempt commits nothing a
+retry would not redo: the generators' states are restored, the repetition-penalty history, logits and hidden
+states are written only once the step succeeded, and the KV-cache columns it wrote are rewritten by the retry.
+The message a failed request carries is short; the detail goes to the log.
+
 Not thread-safe: the runtime calls `submit` and `step` from one thread (base.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -35,6 +43,12 @@ from engine.stages.chunker import Chunker
 from engine.stages.messages import Cancel, Credit, Failed, StageInput, StageOutput, TalkerJob
 from profiling import events as ev
 
+log = logging.getLogger(__name__)
+
+
+class JobError(ValueError):
+    """A job the talker cannot lay out (a field its checkpoint needs is missing); the message names the field."""
+
 
 @dataclass
 class _Row:
@@ -50,6 +64,18 @@ class _Row:
     tts_pad: Tensor  # (H,) added after that
     chunks: Chunker
     step: int = 0  # code-0 draws so far
+
+
+@dataclass
+class _Step:
+    """What one decode step computed, committed only once every row of it succeeded."""
+
+    slots: Tensor  # (B,) on the device
+    code0: Tensor  # (B,) on the device
+    frames: Tensor  # (B, 16) on the host: the step's one read-back
+    next_slots: Tensor | None  # the rows that go on: their next logits and hidden states
+    logits: Tensor | None
+    hidden: Tensor | None
 
 
 class TalkerStage:
@@ -111,7 +137,7 @@ class TalkerStage:
         self._admit(out)
         runnable = [row for row in self._rows.values() if not row.chunks.blocked]
         if runnable:
-            self._decode(runnable)
+            self._decode(runnable, out)
         self._emit(out)
         self.recorder.counter(ev.IN_FLIGHT, len(self._rows), track=ev.TALKER)
         self.recorder.counter(ev.QUEUE_DEPTH, len(self._waiting), track=ev.TALKER)
@@ -126,34 +152,45 @@ class TalkerStage:
         prefills = 0
         while self._waiting and self._free and prefills < self.max_prefills_per_step:
             job = self._waiting.popleft()
+            rid = job.request_id
             try:
                 prompt = self._build_prompt(job)
-            except Exception as exc:  # a bad job fails alone; the batch goes on
-                out.append(Failed(job.request_id, f"talker prompt: {exc}"))
+            except JobError as exc:
+                log.warning("request %s: talker: %s", rid, exc)
+                out.append(Failed(rid, f"talker: {exc}"))
+                continue
+            except Exception:  # a bad job fails alone; the batch goes on
+                log.exception("request %s: talker: laying out the prompt failed", rid)
+                out.append(Failed(rid, "talker: the prompt could not be laid out"))
                 continue
             n = prompt.embeds.shape[1]
             if n > self.capacity:
-                out.append(Failed(job.request_id, f"prompt of {n} positions exceeds max_model_len {self.capacity}"))
+                out.append(Failed(rid, f"prompt of {n} positions exceeds max_model_len {self.capacity}"))
                 continue
             prefix = None if job.ref_codes is None else job.ref_codes.cpu()
-            chunks = Chunker(job.request_id, self.chunking, job.credits, prefix)
-            self._chunks[job.request_id] = chunks
+            chunks = Chunker(rid, self.chunking, job.credits, prefix)
             # the last decode step feeds draw limit-2 at position n+limit-3, which must be < capacity
             limit = min(job.params.max_new_tokens, self.capacity - n + 2)
             if limit <= 1:  # the first draw is also the last: no frame
                 chunks.finish()
+                self._chunks[rid] = chunks
                 continue
             prefills += 1
             slot = self._free.pop()
-            self.recorder.instant(ev.PREFILL_START, request=job.request_id)
-            with self.recorder.span(ev.PREFILL, ev.TALKER, request=job.request_id, positions=n):
-                logits, hidden = self.talker.prefill(prompt.embeds, self.cache, slot)
-                self.logits[slot], self.hidden[slot] = logits[0], hidden[0]
-                self.generated[slot] = False
-            generator = None if job.seed is None else torch.Generator(self.device).manual_seed(job.seed)
-            self._rows[job.request_id] = _Row(
-                job.request_id, slot, n, limit, job.params, generator, prompt.trailing, prompt.tts_pad, chunks
-            )
+            self.recorder.instant(ev.PREFILL_START, request=rid)
+            try:
+                with self.recorder.span(ev.PREFILL, ev.TALKER, request=rid, positions=n):
+                    logits, hidden = self.talker.prefill(prompt.embeds, self.cache, slot)
+                    self.logits[slot], self.hidden[slot] = logits[0], hidden[0]
+                    self.generated[slot] = False
+                generator = None if job.seed is None else torch.Generator(self.device).manual_seed(job.seed)
+            except Exception:
+                log.exception("request %s: talker: the prefill failed", rid)
+                self._clear(slot)
+                out.append(Failed(rid, "talker: the prompt could not be prefilled"))
+                continue
+            self._chunks[rid] = chunks
+            self._rows[rid] = _Row(rid, slot, n, limit, job.params, generator, prompt.trailing, prompt.tts_pad, chunks)
 
     def _build_prompt(self, job: TalkerJob) -> TalkerPrompt:
         """The prompt of the checkpoint's task from the job's fields; a missing field raises (-> Failed)."""
@@ -164,22 +201,49 @@ class TalkerStage:
         kind = cfg.tts_model_type
         if kind == "base":
             if job.x_vector is None:
-                raise ValueError("x_vector: voice cloning needs the speaker embedding")
+                raise JobError("x_vector: voice cloning needs the speaker embedding")
             ref_ids = None if job.ref_ids is None else job.ref_ids.to(dev)[None]
             ref_codes = None if job.ref_codes is None else job.ref_codes.to(dev)
             x_vector = job.x_vector.to(dev, self.dtype)
             return voice_clone_prompt(talker, cfg, text_ids, x_vector, job.language, ref_ids, ref_codes, **mode)
         if kind == "custom_voice":
             if job.speaker is None:
-                raise ValueError("speaker: a custom-voice checkpoint needs one")
+                raise JobError("speaker: a custom-voice checkpoint needs one")
             return custom_voice_prompt(talker, cfg, text_ids, job.speaker, job.language, instruct_ids, **mode)
         if kind == "voice_design":
             return voice_design_prompt(talker, cfg, text_ids, instruct_ids, job.language, **mode)
-        raise ValueError(f"tts_model_type {kind!r} is not served")
+        raise JobError(f"tts_model_type {kind!r} is not served")
 
     # the decode step
 
-    def _decode(self, rows: list[_Row]) -> None:
+    def _decode(self, rows: list[_Row], out: list[StageOutput]) -> None:
+        """One decode step for `rows`; if it raises, the halves are retried until the failing rows are found."""
+        # draws a retry must repeat: a generator that drew before the failing row must draw the same again
+        states = [None if row.generator is None else row.generator.get_state() for row in rows]
+        try:
+            step = self._step(rows)
+        except Exception as exc:
+            error = exc
+        else:
+            self._commit(rows, step)
+            return
+        for row, state in zip(rows, states, strict=True):
+            if state is not None:
+                row.generator.set_state(state)
+        if len(rows) > 1:
+            half = len(rows) // 2
+            self._decode(rows[:half], out)
+            self._decode(rows[half:], out)
+            return
+        row = rows[0]
+        log.error("request %s: talker: the decode step failed", row.request_id, exc_info=error)
+        del self._rows[row.request_id]
+        self._chunks.pop(row.request_id, None)
+        self._clear(row.slot)
+        out.append(Failed(row.request_id, "talker: the decode step failed"))
+
+    def _step(self, rows: list[_Row]) -> _Step:
+        """Code 0, codes 1..15 and the talker's next logits for `rows`, written nowhere yet but the KV cache."""
         dev, talker = self.device, self.talker
         params = [row.params for row in rows]
         generators = [row.generator for row in rows]
@@ -187,8 +251,6 @@ class TalkerStage:
             slots = host_tensor([row.slot for row in rows], dev)
             steps = host_tensor([row.step for row in rows], dev)
             code0 = draw_code0(self.logits[slots], self.generated[slots], steps, params, generators, self.eos_id)
-            # a device-side True: a Python scalar assigned through tensor indices is copied to the GPU synchronously
-            self.generated[slots, code0] = torch.ones_like(code0, dtype=torch.bool)
             with self.recorder.span(ev.PREDICTOR, ev.TALKER, batch_size=len(rows)):
                 pick = predictor_pick(params, generators, dev)
                 rest, codec_sum = talker.code_predictor.predict(
@@ -196,20 +258,16 @@ class TalkerStage:
                 )
             frames = torch.cat((code0[:, None], rest), dim=1)
             go_on = [i for i, row in enumerate(rows) if row.step + 2 < row.limit]
+            next_slots = logits = hidden = None
             if go_on:
-                self._talker_step([rows[i] for i in go_on], codec_sum, go_on, len(rows))
-            frames = frames.cpu()  # the step's one read-back
-        for row, frame in zip(rows, frames, strict=True):
-            if int(frame[0]) == self.eos_id:
-                self._finish(row)
-                continue
-            row.chunks.push(frame)
-            row.step += 1
-            if row.step + 1 >= row.limit:
-                self._finish(row)
+                next_slots, logits, hidden = self._talker_step([rows[i] for i in go_on], codec_sum, go_on, len(rows))
+            return _Step(slots, code0, frames.cpu(), next_slots, logits, hidden)
 
-    def _talker_step(self, rows: list[_Row], codec_sum: Tensor, index: list[int], batch: int) -> None:
-        """The talker's decode step for `rows` (positions `index` of the step's batch): their next logits."""
+    def _talker_step(
+        self, rows: list[_Row], codec_sum: Tensor, index: list[int], batch: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The talker's decode step for `rows` (positions `index` of the step's batch): their slots, next logits and
+        hidden states."""
         dev = self.device
         if len(index) < batch:
             codec_sum = codec_sum[host_tensor(index, dev)]
@@ -221,7 +279,22 @@ class TalkerStage:
         logits, hidden = self.talker.decode_step(
             embeds, self.cache, slots, host_tensor(positions, dev), kv_len=max(positions) + 1
         )
-        self.logits[slots], self.hidden[slots] = logits, hidden
+        return slots, logits, hidden
+
+    def _commit(self, rows: list[_Row], step: _Step) -> None:
+        """The step succeeded: record code 0 in the penalty history, keep the next logits, hand out the frames."""
+        # a device-side True: a Python scalar assigned through tensor indices is copied to the GPU synchronously
+        self.generated[step.slots, step.code0] = torch.ones_like(step.code0, dtype=torch.bool)
+        if step.next_slots is not None:
+            self.logits[step.next_slots], self.hidden[step.next_slots] = step.logits, step.hidden
+        for row, frame in zip(rows, step.frames, strict=True):
+            if int(frame[0]) == self.eos_id:
+                self._finish(row)
+                continue
+            row.chunks.push(frame)
+            row.step += 1
+            if row.step + 1 >= row.limit:
+                self._finish(row)
 
     # leaving
 
@@ -230,6 +303,13 @@ class TalkerStage:
         row.chunks.finish()
         del self._rows[row.request_id]
         self._free.append(row.slot)
+
+    def _clear(self, slot: int) -> None:
+        """Free a slot whose keys and values may hold nan or inf: zeroed first, since a later row attends to masked
+        columns too, and a zero weight times nan is nan."""
+        self.cache.k[:, slot] = 0
+        self.cache.v[:, slot] = 0
+        self._free.append(slot)
 
     def _drop(self, request_id: str) -> None:
         self._waiting = deque(job for job in self._waiting if job.request_id != request_id)

@@ -161,7 +161,7 @@ def test_cancel_frees_the_request_and_ignores_its_late_chunks(decoder: Code2Wav)
     assert stage.in_flight() == [] and not stage.has_work()
 
 
-def test_a_bad_chunk_fails_only_its_request(decoder: Code2Wav, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_chunk_fails_only_its_request(decoder: Code2Wav, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     stage, _ = make_stage(decoder)
     good = random_codes(10, seed=6)
     out_of_range = random_codes(2, seed=7)
@@ -189,7 +189,8 @@ def test_a_bad_chunk_fails_only_its_request(decoder: Code2Wav, monkeypatch: pyte
     outputs = run(stage)
     failed = {o.request_id: o.message for o in outputs if isinstance(o, Failed)}
     assert sorted(failed) == ["float", "late_prefix", "order", "poison", "range", "shape"]
-    assert "out of range" in failed["range"] and "poisoned" in failed["poison"]
+    assert "out of range" in failed["range"] and failed["poison"] == "code2wav: the decode failed"
+    assert "request poison: code2wav: the decode failed" in caplog.text and "poisoned" in caplog.text  # the detail
     torch.testing.assert_close(joined(outputs, "good"), one_shot(decoder, good), atol=ATOL, rtol=0)
     assert stage.in_flight() == []
 

@@ -223,6 +223,50 @@ def test_a_bad_job_fails_alone(models, icl_voice):
     assert torch.equal(codes_of(out, "ok"), model.generate_codes(ok, GREEDY))
 
 
+def test_a_row_that_raises_in_the_decode_step_fails_alone(models, icl_voice):
+    """Sampling settings that got past every check (a nan temperature makes every probability nan) raise inside the
+    real step: that row fails alone, and the rows batched with it, seeded and greedy, get the codes they get alone
+    (the seeded one drew before the failing row did: its generator is rewound for the retry)."""
+    model = models["base"]
+    seeded, greedy, broken = (clone(text, icl_voice) for text in TEXTS[:3])
+    nan_temperature = SamplingParams(max_new_tokens=20)
+    nan_temperature.temperature = float("nan")
+    stage = make_stage(model)
+    stage.submit(job(model, "seeded", seeded, SEEDED, seed=5))
+    stage.submit(job(model, "broken", broken, nan_temperature, seed=6))
+    stage.submit(job(model, "greedy", greedy, GREEDY, None))
+    out = run(stage)
+
+    assert [(f.request_id, f.message) for f in out if isinstance(f, Failed)] == [
+        ("broken", "talker: the decode step failed")
+    ]
+    assert not [c for c in out if isinstance(c, CodeChunk) and c.request_id == "broken"]
+    assert torch.equal(codes_of(out, "seeded"), model.generate_codes(seeded, SEEDED, seed=5))
+    assert torch.equal(codes_of(out, "greedy"), model.generate_codes(greedy, GREEDY))
+    steps = [e for e in stage.recorder.drain() if e.name == events.DECODE_STEP]
+    assert steps[0].args["requests"] == ["seeded", "broken"]  # they were batched: the step was split to find it
+    assert stage.in_flight() == [] and sorted(stage._free) == [0, 1, 2, 3]
+
+
+def test_the_slot_of_a_failed_row_is_clean_for_the_next_request(models, icl_voice):
+    """A row whose prompt turned to nan (a broken x-vector) leaves nan keys and values in its slot; the next request
+    in that slot, batched with a longer row, attends to those columns through its mask, so the slot must be cleared."""
+    model = models["base"]
+    long = clone(TEXTS[2] + " " + TEXTS[5], icl_voice)
+    poisoned = job(model, "poisoned", clone(TEXTS[7] + " " + TEXTS[4], icl_voice), SEEDED, seed=1)
+    poisoned.x_vector = torch.full_like(poisoned.x_vector, float("nan"))
+    short = clone("hi", VoicePrompt(icl_voice.x_vector))
+    stage = make_stage(model, max_num_seqs=2)
+    stage.submit(job(model, "long", long, GREEDY, None))
+    stage.submit(poisoned)
+    out = stage.step()  # both prefilled; the batched step fails for the poisoned row only
+    assert [f.request_id for f in out if isinstance(f, Failed)] == ["poisoned"]
+    stage.submit(job(model, "short", short, GREEDY, None))
+    out += run(stage)
+    assert torch.equal(codes_of(out, "short"), model.generate_codes(short, GREEDY))
+    assert torch.equal(codes_of(out, "long"), model.generate_codes(long, GREEDY))
+
+
 def test_max_model_len_caps_the_frames(models, icl_voice):
     """Every position must fit the KV cache row: a prompt of L positions leaves room for max_model_len - L + 1
     frames (the last frame needs no decode step)."""
