@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS = {
     "Engine": "engine.engine",
-    "EngineBusy": "engine.engine",
+    "EngineBusy": "engine.request",
     "Synthesis": "engine.engine",
     "EngineConfig": "engine.config",
     "AudioChunk": "engine.request",

@@ -4,6 +4,7 @@ bad value fails at start-up with a message naming the key, not deep inside a run
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ class StageConfig:
     threads: int = 1  # torch threads of this stage (CPU), so `mp` does not oversubscribe a small machine
     max_model_len: int = 4096  # talker: KV-cache positions per request (prompt + generated frames)
     ring_mb: int = 32  # mp: shared-memory ring per direction (2 per mp stage; mind a container's /dev/shm size)
+    # a dead worker (or uni stage thread) is replaced at once; a failed attempt is retried after restart_backoff_s,
+    # then twice that, ... until restart_max_s after the death (it must cover a start-up: the model's load). Then the
+    # stage stays down. Meanwhile its requests fail fast with StageUnavailable.
+    restart_backoff_s: float = 0.5
+    restart_max_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -40,6 +46,9 @@ class StageConfig:
             raise ConfigError(f"ring_mb must be >= 1, got {self.ring_mb}")
         if self.max_model_len < 16:
             raise ConfigError(f"max_model_len must be >= 16, got {self.max_model_len}")
+        for name in ("restart_backoff_s", "restart_max_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -60,13 +69,21 @@ class LimitsConfig:
 
     max_text_chars: int = 2000
     max_instruct_chars: int = 500
+    max_ref_text_chars: int = 2000  # the reference clip's transcript
     max_ref_seconds: float = 30.0
     max_new_tokens: int = 4096
     credits: int = 4  # chunks a request may have in flight to its listener before its talker row pauses
     max_waiting: int = 256  # requests queued for the talker beyond the running batch
 
     def __post_init__(self) -> None:
-        for name in ("max_text_chars", "max_instruct_chars", "max_new_tokens", "credits", "max_waiting"):
+        for name in (
+            "max_text_chars",
+            "max_instruct_chars",
+            "max_ref_text_chars",
+            "max_new_tokens",
+            "credits",
+            "max_waiting",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"limits.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_ref_seconds <= 0:
@@ -84,6 +101,7 @@ class EngineConfig:
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     voice_cache_mb: float = 64.0
+    close_grace_s: float = 10.0  # Engine.close: how long in-flight work may take to stop before workers are killed
 
     def __post_init__(self) -> None:
         if self.tiny_task not in TINY_TASKS:
@@ -94,6 +112,8 @@ class EngineConfig:
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.voice_cache_mb < 0:
             raise ConfigError(f"voice_cache_mb must be >= 0, got {self.voice_cache_mb}")
+        if not 0 <= self.close_grace_s < math.inf:
+            raise ConfigError(f"close_grace_s must be a number of seconds >= 0, got {self.close_grace_s}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EngineConfig:

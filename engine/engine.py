@@ -1,9 +1,14 @@
 """`Engine`: the public API. A request is validated and prepared here, then flows talker -> Code2Wav as code chunks
 and comes back as audio chunks, each stage running under its configured executor (`uni` thread or `mp` worker).
 
-Routing is a star: every stage output comes back to the engine's process, which forwards code chunks to Code2Wav and
-audio to the request's stream. Each stream is bounded by credits (chunks it may have in flight), granted back as its
-listener consumes, so a slow listener pauses only its own talker row.
+Three beats: admit (check the fields, take a place, prepare the prompt on the prep thread), step the stages (their
+executors), route the results (`engine.router`: a star through this process). Each stream is bounded by credits
+(chunks it may have in flight), granted back as its listener consumes, so a slow listener pauses only its own row.
+
+Failures stay small: a bad field is refused before the request takes a place (`RequestError`); a stage that fails one
+request fails only that one; a dead worker fails the requests it held and is replaced on a thread of its own
+(`runtime.restarter`), while new requests fail fast (`StageUnavailable`) instead of waiting. What a client reads is a
+short message; the detail (tracebacks, exit status) goes to the log.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import shutil
 import tempfile
-import threading
-from collections.abc import AsyncIterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -27,17 +33,19 @@ from engine.config import EngineConfig
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
-from engine.request import AudioChunk, EngineError, RequestError, SpeechRequest
+from engine.request import AudioChunk, EngineError, RequestError, SpeechRequest, check_request
+from engine.router import Router
 from engine.runtime import Executor, ExecutorError, TransportError, make_executor
+from engine.runtime.restarter import Restarter, RestartPolicy
+from engine.runtime.serial import SerialExecutor
 from engine.stages.factory import StageSpec, build_from_model, build_in_worker
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, StageOutput, TalkerJob, WarmPrefix
+from engine.stages.messages import Credit, WarmPrefix
 from profiling.events import (
     ADMITTED,
     AUDIO_CHUNK,
     ENGINE,
     FINISHED,
     FIRST_AUDIO,
-    IN_FLIGHT,
     LAST_AUDIO,
     PROMPT_PREP,
     PROMPT_READY,
@@ -51,23 +59,8 @@ from profiling.events import (
 if TYPE_CHECKING:
     from profiling.trace import TorchCapture, TorchTrace
 
-STAGE_RESTART_TIMEOUT_S = 600.0
-
-
-class EngineBusy(EngineError):
-    """More requests than the engine admits at once (running batch + waiting queue); try again later."""
-
-
-@dataclass
-class _Stream:
-    """The engine's side of one request's audio stream."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    finished: bool = False
-
-    def put(self, item: AudioOut | Exception) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,14 +89,13 @@ class Engine:
         # an `mp` stage loads its own weights: before its worker starts, this process lets go of them
         self.model.release(talker=config.talker.executor == "mp", decoder=config.code2wav.executor == "mp")
         self.prep = PromptPrep(self.model, config.limits, int(config.voice_cache_mb * 2**20))
-        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-prep")
-        self._streams: dict[str, _Stream] = {}
-        self._lock = threading.Lock()
-        self._closed = False
+        self._prep = SerialExecutor("prompt-prep")
         self.recorder = get_recorder()
         self._capture: TorchCapture | None = None
         self._stages: dict[str, Executor] = {}
-        self._ready: dict[str, threading.Event] = {}  # cleared while a dead stage's worker is being replaced
+        self._restarters: dict[str, Restarter] = {}
+        places = config.talker.max_num_seqs + config.limits.max_waiting
+        router = self._router = Router(self._stages, self._restarters, places, self.recorder)
         try:
             for kind, stage in (("code2wav", config.code2wav), ("talker", config.talker)):
                 spec = StageSpec(kind, checkpoint, config.device, config.dtype, stage, config.chunking)
@@ -112,15 +104,14 @@ class Engine:
                     if stage.executor == "mp"
                     else functools.partial(build_from_model, self.model, spec)
                 )
-                on_output = self._from_talker if kind == "talker" else self._from_code2wav
-                on_death = functools.partial(self._on_death, kind)
+                on_output = router.from_talker if kind == "talker" else router.from_code2wav
+                on_death = functools.partial(router.on_death, kind)
                 executor = make_executor(
                     stage.executor, factory, on_output, kind, stage.threads, on_death, ring_bytes=stage.ring_mb * 2**20
                 )
+                policy = RestartPolicy(stage.restart_backoff_s, stage.restart_max_s)
+                self._stages[kind], self._restarters[kind] = executor, Restarter(executor, policy)
                 executor.start()
-                self._stages[kind] = executor
-                self._ready[kind] = threading.Event()
-                self._ready[kind].set()
         except BaseException:
             self.close()
             raise
@@ -129,27 +120,23 @@ class Engine:
 
     async def generate(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
         """The request's audio as it is made. Raises `RequestError` (bad input, before any audio), `EngineBusy`,
-        or `EngineError` (the request could not be completed). Closing the iterator early cancels the request."""
+        `StageUnavailable` (a stage has no worker now: try again later), or `EngineError` (the request could not be
+        completed). Closing the iterator, or cancelling its task, cancels the request at once, wherever it is."""
         rid, submitted = request.request_id, now_ns()
         rec = self.recorder
+        check_request(request, self.config.limits)  # cheap: a bad field never waits behind the prep thread
         rec.instant(ADMITTED, request=rid)
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._closed:
-                raise EngineError("the engine is closed")
-            if rid in self._streams:
-                raise RequestError("request_id", f"{rid!r} is already in flight")
-            bound = self.config.talker.max_num_seqs + self.config.limits.max_waiting
-            if len(self._streams) >= bound:
-                raise EngineBusy(f"the engine is busy: {len(self._streams)} requests in flight (limit {bound})")
-            stream = self._streams[rid] = _Stream(loop)
-            rec.counter(IN_FLIGHT, len(self._streams), track=ENGINE)
+        stream = self._router.admit(rid)
         try:
             start = now_ns()
-            job = await loop.run_in_executor(self._prep_pool, self._prepare, request)
+            stream.prep = self._prep.submit(self._on_prep_thread, f"request {rid}", self.prep.prepare, request)
+            stream.prep.add_done_callback(stream.prepared)
+            job = await stream.queue.get()
+            if isinstance(job, Exception):
+                raise job
             rec.record_span(PROMPT_PREP, ENGINE, start, request=rid)
             rec.instant(PROMPT_READY, request=rid)
-            self._stages["talker"].submit(job)
+            self._router.submit("talker", job)
             offset = 0
             while True:
                 item = await stream.queue.get()
@@ -158,7 +145,8 @@ class Engine:
                 if item.index == 0:
                     rec.instant(FIRST_AUDIO, request=rid)
                 if not item.is_last:
-                    self._stages["talker"].submit(Credit(rid))
+                    with contextlib.suppress(ExecutorError, TransportError):  # a dead talker fails the stream itself
+                        self._stages["talker"].submit(Credit(rid))
                 samples = item.samples.numpy()
                 rec.instant(AUDIO_CHUNK, request=rid, samples=len(samples))
                 chunk = AudioChunk(
@@ -181,29 +169,48 @@ class Engine:
                 if item.is_last:
                     return
         finally:
-            self._end(rid, cancel=not stream.finished)
+            self._router.end(rid, cancel=not stream.finished)
             rec.instant(FINISHED, request=rid)
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests admitted and not yet ended (each holds one of the engine's places)."""
+        return len(self._router.streams)
 
     def ready(self) -> dict[str, bool]:
         """Stage name -> whether it has a live worker (or thread) now: what `GET /ready` reports."""
-        return {kind: self._ready[kind].is_set() and s.alive for kind, s in self._stages.items()}
+        return {kind: restarter.up for kind, restarter in self._restarters.items()}
 
     def prepare_voice(self, ref_audio: bytes, x_vector_only: bool = False) -> Future[VoicePrompt]:
         """Put a clip through the encoders now, on the prompt-prep thread, so that the first request cloning it finds
         its voice cached (the app calls this when a clip is uploaded, while the user still types). The future raises
         `RequestError` for a clip that a request would be refused for."""
-        if self._closed:
+        if self._router.closed:
             raise EngineError("the engine is closed")
-        return self._prep_pool.submit(self._prepare_voice, ref_audio, not x_vector_only)
+        return self._prep.submit(
+            self._on_prep_thread, "a voice prepared ahead", self._prepare_voice, ref_audio, not x_vector_only
+        )
 
     def _prepare_voice(self, ref_audio: bytes, icl: bool) -> VoicePrompt:
         """Encode the clip; for ICL also have code2wav decode its reference codes into its prefix cache (best effort:
         a stage being replaced just misses the hint)."""
         voice = self.prep.encode(ref_audio, icl)
-        if voice.ref_codes is not None and self._ready["code2wav"].is_set():
+        if voice.ref_codes is not None and self._restarters["code2wav"].up:
             with contextlib.suppress(ExecutorError, TransportError):
                 self._stages["code2wav"].submit(WarmPrefix(voice.ref_codes.cpu()))
         return voice
+
+    @staticmethod
+    def _on_prep_thread(what: str, work: Callable[..., T], *args: object) -> T:
+        """Prep work for `what`: a refusal names its field; anything else is our bug, logged with its traceback,
+        and the client reads a short message."""
+        try:
+            return work(*args)
+        except RequestError:
+            raise
+        except Exception:
+            log.exception("%s: prompt prep failed", what)
+            raise EngineError("the prompt could not be prepared") from None
 
     def synthesize(self, request: SpeechRequest) -> Synthesis:
         """Blocking helper: the whole waveform of one request (call it from code with no running event loop)."""
@@ -214,14 +221,6 @@ class Engine:
         chunks = asyncio.run(collect())
         wav = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
         return Synthesis(wav, chunks, self.model.sample_rate)
-
-    def _prepare(self, request: SpeechRequest) -> TalkerJob:
-        """Prompt prep, then wait (bounded) for any stage whose worker is being replaced after a death."""
-        job = self.prep.prepare(request)
-        for kind, ready in self._ready.items():
-            if not ready.wait(STAGE_RESTART_TIMEOUT_S):
-                raise EngineError(f"the {kind} stage did not come back after its worker died")
-        return job
 
     def timeline(self) -> Timeline:
         """Every process's events since the last call, merged on the shared clock (drains the recorders)."""
@@ -275,19 +274,28 @@ class Engine:
                 traces.append(trace)
         return traces
 
-    def close(self) -> None:
-        """Fail whatever is in flight, stop every stage (workers, threads, shared memory) and remove temp files."""
-        with self._lock:
-            self._closed = True
-            streams, self._streams = dict(self._streams), {}
+    def close(self, grace_s: float | None = None) -> None:
+        """End every stream in flight with an `EngineError` at once, then stop every stage: each worker is asked to
+        stop and, past the grace, terminated and killed; threads are joined, rings unlinked, temp files removed.
+        `grace_s` (default: the config's `close_grace_s`) bounds the whole. Idempotent."""
+        grace = self.config.close_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        self._router.close()
         if self._capture is not None:  # a capture left running: stop this process's profiler
             self._capture.stop()
             self._capture = None
-        for stream in streams.values():
-            stream.put(EngineError("the engine was closed"))
-        for executor in self._stages.values():
-            executor.close()
-        self._prep_pool.shutdown(wait=False, cancel_futures=True)
+        for restarter in self._restarters.values():
+            restarter.stop()
+        for kind in ("talker", "code2wav"):  # the producer first
+            if kind in self._stages:
+                self._stages[kind].close(left())
+        for restarter in self._restarters.values():
+            restarter.join(left())
+        self._prep.close(left())
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -297,51 +305,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- routing (called from stage threads) ----------------------------------------------------------------------
-
-    def _from_talker(self, out: StageOutput) -> None:
-        if isinstance(out, CodeChunk):
-            if out.request_id in self._streams:
-                try:
-                    self._stages["code2wav"].submit(out)
-                except (ExecutorError, TransportError) as exc:  # code2wav is down or the chunk cannot travel
-                    self._fail(Failed(out.request_id, f"could not hand the chunk to code2wav: {exc}"))
-                    self._stages["talker"].submit(Cancel(out.request_id))
-        else:
-            self._fail(out)
-
-    def _from_code2wav(self, out: StageOutput) -> None:
-        if isinstance(out, AudioOut):
-            stream = self._streams.get(out.request_id)
-            if stream is not None:
-                stream.put(out)
-        else:
-            self._fail(out)
-
-    def _fail(self, out: StageOutput) -> None:
-        assert isinstance(out, Failed)
-        stream = self._streams.get(out.request_id)
-        if stream is not None:
-            stream.put(EngineError(f"request {out.request_id} failed: {out.message}"))
-
-    def _on_death(self, kind: str, reason: str) -> None:
-        """A stage worker died: fail the requests it held (the others go on), then start a fresh one."""
-        executor = self._stages[kind]
-        self._ready[kind].clear()
-        for rid in executor.in_flight():
-            stream = self._streams.get(rid)
-            if stream is not None:
-                stream.put(EngineError(f"the {kind} worker died while serving this request ({reason.strip()})"))
-        if not self._closed:
-            executor.restart()
-            self._ready[kind].set()
-
-    def _end(self, rid: str, cancel: bool) -> None:
-        with self._lock:
-            self._streams.pop(rid, None)
-            self.recorder.counter(IN_FLIGHT, len(self._streams), track=ENGINE)
-        if cancel and not self._closed:
-            for executor in self._stages.values():
-                if executor.alive:
-                    executor.submit(Cancel(rid))

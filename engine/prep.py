@@ -19,7 +19,7 @@ from engine.config import LimitsConfig
 from engine.model.audio import ReferenceAudio, load_reference_audio, prepare_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.model.sampling import SamplingParams
-from engine.request import TASKS, RequestError, SpeechRequest
+from engine.request import TASKS, RequestError, SpeechRequest, check_request
 from engine.stages.messages import TalkerJob
 
 
@@ -73,20 +73,17 @@ class PromptPrep:
     def prepare(self, request: SpeechRequest) -> TalkerJob:
         """The request as a talker job, or a `RequestError` naming the first bad field."""
         model, limits = self.model, self.limits
+        check_request(request, limits)
         task = request.task or model.task
         if task not in TASKS:
             raise RequestError("task", f"{task!r} is not one of {', '.join(TASKS)}")
         if task != model.task:
             raise RequestError("task", f"the loaded checkpoint serves {model.task!r}, not {task!r}")
-        text = (request.text or "").strip()
+        text = request.text.strip()
         if not text:
             raise RequestError("input", "the text is empty")
-        if len(text) > limits.max_text_chars:
-            raise RequestError("input", f"the text has {len(text)} characters; the limit is {limits.max_text_chars}")
         if request.language.lower() not in model.languages:
             raise RequestError("language", f"{request.language!r} is not one of {', '.join(model.languages)}")
-        if request.instruct and len(request.instruct) > limits.max_instruct_chars:
-            raise RequestError("instructions", f"longer than {limits.max_instruct_chars} characters")
         if task == "custom_voice" and (not request.speaker or request.speaker.lower() not in model.speakers):
             raise RequestError("voice", f"speaker {request.speaker!r} is not one of {', '.join(model.speakers)}")
         if task != "voice_clone" and request.ref_audio is not None:
@@ -118,14 +115,11 @@ class PromptPrep:
         return job
 
     def _sampling(self, request: SpeechRequest) -> SamplingParams:
+        """The request's settings with its frame limit: `max_new_tokens` as asked (`check_request` refused one above
+        the engine's limit), else the settings' own, capped by the engine's limit."""
         base = request.sampling or self.model.sampling_defaults
-        limit = base.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
-        if limit < 1:
-            raise RequestError("max_new_tokens", f"must be >= 1, got {limit}")
-        try:
-            return dataclasses.replace(base, max_new_tokens=min(limit, self.limits.max_new_tokens))
-        except ValueError as exc:
-            raise RequestError("sampling", str(exc)) from exc
+        limit = request.max_new_tokens or min(base.max_new_tokens, self.limits.max_new_tokens)
+        return dataclasses.replace(base, max_new_tokens=limit)
 
     def voice(self, request: SpeechRequest) -> VoicePrompt:
         """The request's voice: from the cache, or through the speaker encoder (and codec encoder for ICL)."""

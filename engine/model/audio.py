@@ -42,7 +42,8 @@ def decode_audio(source: bytes | BinaryIO) -> tuple[np.ndarray, int]:
     try:
         samples, sample_rate = sf.read(stream, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, TypeError) as exc:
-        raise ValueError(f"reference audio is not a readable audio file (wav/flac/ogg/mp3): {exc}") from exc
+        # libsndfile's own words name the file object; the cause stays chained for the log
+        raise ValueError("reference audio is not a readable audio file (wav/flac/ogg/mp3)") from exc
     return samples, int(sample_rate)
 
 

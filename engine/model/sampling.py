@@ -13,8 +13,9 @@ seeded with s gives the draws of the official run after `torch.manual_seed(s)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -22,11 +23,26 @@ from torch import Tensor
 from engine.model.device import host_tensor
 
 CODEC_SPECIAL_RANGE = 1024  # the top 1024 codec ids are control/language/speaker ids, never sampled except EOS
+# Accepted ranges, chosen so that every value stays finite and non-zero in float32 (1e308 would be inf, 1e-300 zero,
+# and either turns every score into nan inside the step) and top-k fits an int64.
+TEMPERATURE_RANGE = (1e-3, 100.0)
+REPETITION_PENALTY_RANGE = (1e-2, 100.0)
+MAX_TOP_K = 1_000_000  # anything above the vocabulary (3072 ids) keeps every id, as top_k 0 does
+MAX_TOKENS = 1_000_000  # max_new_tokens / min_new_tokens; an engine caps max_new_tokens far lower
+
+
+class SamplingError(ValueError):
+    """A sampling setting out of its range or of the wrong type; `field` names it (as the HTTP API does)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 @dataclass
 class SamplingParams:
-    """Defaults are the release's generation_config.json (min_new_tokens=2 is hard-coded in the official generate)."""
+    """Defaults are the release's generation_config.json (min_new_tokens=2 is hard-coded in the official generate).
+    Every value is checked at construction (and by `dataclasses.replace`), so a bad one never reaches a step."""
 
     do_sample: bool = True
     temperature: float = 0.9
@@ -41,17 +57,33 @@ class SamplingParams:
     min_new_tokens: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "subtalker_temperature", "repetition_penalty"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("top_k", "subtalker_top_k", "min_new_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (top_k 0 disables it), got {getattr(self, name)}")
-        for name in ("top_p", "subtalker_top_p"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name))
+
+
+def _check(name: str, value: object) -> None:
+    """One setting against its type and range; the message says what is accepted, in the API's words."""
+    if name in ("do_sample", "subtalker_dosample"):
+        if not isinstance(value, bool):
+            raise SamplingError(name, "must be true or false")
+        return
+    if name in ("top_k", "subtalker_top_k", "max_new_tokens", "min_new_tokens"):
+        low = 1 if name == "max_new_tokens" else 0
+        high = MAX_TOP_K if name.endswith("top_k") else MAX_TOKENS
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SamplingError(name, "must be a whole number")
+        if not low <= value <= high:
+            raise SamplingError(name, f"must be between {low} and {high}, got {value}")
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise SamplingError(name, "must be a finite number")
+    if name in ("top_p", "subtalker_top_p"):
+        if not 0 < value <= 1:
+            raise SamplingError(name, f"must be in (0, 1], got {value}")
+        return
+    low, high = REPETITION_PENALTY_RANGE if name == "repetition_penalty" else TEMPERATURE_RANGE
+    if not low <= value <= high:
+        raise SamplingError(name, f"must be between {low:g} and {high:g}, got {value:g}")
 
 
 @dataclass

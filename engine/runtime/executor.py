@@ -9,7 +9,9 @@
 
 Both call `on_output` from their own thread (the stage thread, the receiver thread): it must not block for long,
 since it back-pressures the stage. `on_death(reason)` is called from that same thread, once per death (never on
-`close`); `in_flight()` then names the requests the dead stage held, and `restart()` may be called from inside it.
+`close`); `in_flight()` then names the requests the dead stage held. `restart()` replaces a dead stage; it blocks
+for the start-up, so it belongs on a thread of its own (`runtime.restarter`), not inside `on_death`. `close()` is for
+good: a `start` or `restart` running on another thread meanwhile fails, and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 OnOutput = Callable[[StageOutput], None]
 OnDeath = Callable[[str], None]
+DEFAULT_GRACE_S = 10.0  # how long `close` lets a stage stop by itself before it is stopped by force
 
 
 class ExecutorError(RuntimeError):
@@ -92,11 +95,14 @@ class Executor(ABC):
         self.ring_bytes, self.start_timeout_s, self.send_timeout_s = ring_bytes, start_timeout_s, send_timeout_s
         self.held = _Held()
         self._lock = threading.Lock()  # mp: one writer at a time into the input pipe and ring
+        self._state_lock = threading.Lock()  # start, stop and close against each other
+        self._closed = False
         atexit.register(_close_at_exit, weakref.ref(self))
 
     @abstractmethod
-    def start(self) -> None:
-        """Build the stage (in the worker for `mp`) and start its loop; raises if the factory fails."""
+    def start(self, timeout_s: float | None = None) -> None:
+        """Build the stage (in the worker for `mp`, waiting at most `timeout_s`, default `start_timeout_s`) and
+        start its loop; raises if the factory fails, and `ExecutorError` once closed."""
 
     @abstractmethod
     def submit(self, message: StageInput) -> None:
@@ -107,8 +113,18 @@ class Executor(ABC):
         """The stage process's events since the last drain."""
 
     @abstractmethod
-    def close(self) -> None:
-        """Stop the stage and release everything it holds; idempotent."""
+    def _stop(self, grace_s: float) -> None:
+        """Stop the current stage, if any (letting it stop by itself for up to `grace_s`), and release it."""
+
+    def close(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+        """Stop the stage for good and release everything it holds, within about `grace_s`; idempotent."""
+        with self._state_lock:
+            self._closed = True
+        self._stop(grace_s)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ExecutorError(f"{self.name} stage is closed")
 
     @property
     @abstractmethod
@@ -136,11 +152,11 @@ class Executor(ABC):
         """Requests submitted and not finished: after a death, the ones the engine must fail."""
         return self.held.ids()
 
-    def restart(self) -> None:
+    def restart(self, timeout_s: float | None = None) -> None:
         """A fresh stage (and for `mp` a fresh process and rings) after a death; held requests are forgotten."""
-        self.close()
+        self._stop(DEFAULT_GRACE_S)
         self.held = _Held()
-        self.start()
+        self.start(timeout_s)
 
     def _deliver(self, out: StageOutput) -> None:
         self.held.delivered(out)
@@ -162,13 +178,16 @@ class UniExecutor(Executor):
     _thread: threading.Thread | None = None
     _queue: queue.SimpleQueue[Any]
 
-    def start(self) -> None:
+    def start(self, timeout_s: float | None = None) -> None:
+        self._check_open()
         stage = self.factory()  # on the caller's thread, so a failing factory raises here
-        self._queue = queue.SimpleQueue()
-        self._thread = threading.Thread(
-            target=self._run, args=(stage, self._queue), name=f"{self.name}-stage", daemon=True
-        )
-        self._thread.start()
+        with self._state_lock:
+            self._check_open()  # closed while the factory ran
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(
+                target=self._run, args=(stage, self._queue), name=f"{self.name}-stage", daemon=True
+            )
+            self._thread.start()
 
     @property
     def alive(self) -> bool:
@@ -183,15 +202,16 @@ class UniExecutor(Executor):
     def drain_events(self) -> EventBatch:
         return EventBatch(os.getpid(), get_recorder().process, [])
 
-    def close(self) -> None:
-        thread, self._thread = self._thread, None
+    def _stop(self, grace_s: float) -> None:
+        with self._state_lock:
+            thread, self._thread = self._thread, None
         if thread is None:
             return
         self._queue.put(STOP)
         if thread is not threading.current_thread():
-            thread.join(timeout=10)
+            thread.join(timeout=grace_s)  # a thread cannot be stopped by force: a step that hangs is left behind
             if thread.is_alive():
-                warnings.warn(f"{self.name} stage thread did not stop within 10 s (a step that hangs)", stacklevel=2)
+                warnings.warn(f"{self.name} stage thread did not stop within {grace_s:g} s", stacklevel=2)
 
     def _run(self, stage: Any, inbox: queue.SimpleQueue[Any]) -> None:
         rec = get_recorder()
@@ -211,6 +231,9 @@ class UniExecutor(Executor):
             stage_loop(stage, get, self._deliver)
         except BaseException:
             text = traceback.format_exc()
-            if self._thread is threading.current_thread():
-                self._thread = None
+            with self._state_lock:
+                mine = self._thread is threading.current_thread()  # not stopped meanwhile
+                if mine:
+                    self._thread = None
+            if mine:
                 self.on_death(f"{self.name} stage raised:\n{text}")

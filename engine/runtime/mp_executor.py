@@ -1,6 +1,9 @@
 """`MpExecutor`: the stage loop in a spawned worker process, fed over pipes with small headers while tensors cross
 through two shared-memory rings (`codec`). A receiver thread per worker blocks on the output pipe and the process
-sentinel together: it delivers outputs as they come and sees a death at once (no polling)."""
+sentinel together: it delivers outputs as they come and sees a death at once (no polling).
+
+A worker's exit status is read only after the process is joined: its pipe reaches EOF, and its sentinel fires, a
+moment before the kernel has its status to report."""
 
 from __future__ import annotations
 
@@ -13,11 +16,14 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from engine.runtime.codec import Control, PeerGone, Receiver, Sender, ShmRing
-from engine.runtime.executor import Executor, ExecutorError
+from engine.runtime.executor import DEFAULT_GRACE_S, Executor, ExecutorError
 from engine.runtime.worker import worker_main
 from engine.stages.messages import StageInput
 from profiling.events import EventBatch, get_recorder
 from profiling.trace import TorchTrace, torch_trace_from_dict
+
+EXIT_WAIT_S = 10.0  # how long a worker that closed its pipe may take to exit before it is stopped by force
+KILL_WAIT_S = 2.0  # after SIGTERM, before SIGKILL
 
 
 @dataclass
@@ -25,6 +31,7 @@ class _Worker:
     """One worker process and everything that belongs to it; a restart makes a new one."""
 
     proc: Any
+    pid: int
     sender: Sender
     receiver: Receiver
     rings: tuple[ShmRing, ShmRing]
@@ -36,9 +43,11 @@ class _Worker:
 
 
 def _exit_reason(proc: Any) -> str:
+    """How a worker ended, once it is gone: joined (bounded) first, so that its exit status is known."""
+    proc.join(timeout=EXIT_WAIT_S)
     code = proc.exitcode
     if code is None:
-        return "is gone (exit status unknown)"
+        return "stopped answering (its pipe closed, the process still runs)"
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -50,11 +59,31 @@ def _exit_reason(proc: Any) -> str:
 class MpExecutor(Executor):
     """The stage loop in a spawned worker process; tensors cross through two shared-memory rings."""
 
-    _w: _Worker | None = None
+    _w: _Worker | None = None  # the running worker
+    _starting: _Worker | None = None  # the worker being started, until it says ready or fails
     _ask_lock: threading.Lock  # one control question at a time (set in start)
 
-    def start(self) -> None:
+    def start(self, timeout_s: float | None = None) -> None:
+        timeout = self.start_timeout_s if timeout_s is None else timeout_s
         self._ask_lock = threading.Lock()
+        with self._state_lock:
+            self._check_open()
+            w = self._starting = self._spawn()
+        ready = self._await_ready(w, timeout)
+        with self._state_lock:
+            self._starting = None
+            closed = self._closed
+            if ready is None and not closed:
+                w.thread = threading.Thread(target=self._receive, args=(w,), name=f"{self.name}-receiver", daemon=True)
+                w.thread.start()
+                self._w = w
+                return
+        w.closing = True
+        self._stop_worker(w, 0.0)
+        raise ExecutorError(f"{self.name} stage is closed" if closed else f"{self.name} worker {ready}")
+
+    def _spawn(self) -> _Worker:
+        """A new worker process with its pipes and rings, started; it builds its stage and then says ready."""
         ctx = mp.get_context("spawn")
         rings = (ShmRing(self.ring_bytes), ShmRing(self.ring_bytes))
         in_r, in_w = ctx.Pipe(duplex=False)  # headers, engine -> worker
@@ -78,6 +107,7 @@ class MpExecutor(Executor):
         rec = get_recorder()
         w = _Worker(
             proc,
+            -1,
             Sender(in_w, rings[0], in_bell_r, rec, self.send_timeout_s),
             Receiver(out_r, rings[1], out_bell_w, rec),
             rings,
@@ -91,25 +121,22 @@ class MpExecutor(Executor):
         finally:
             for conn in (in_r, out_w, in_bell_w, out_bell_r):  # the worker's ends: only it holds them now
                 conn.close()
-        ready: Any = None
-        if wait([out_r, proc.sentinel], timeout=self.start_timeout_s):
-            try:
-                ready = w.receiver.recv()
-            except (EOFError, OSError):
-                pass
-        if not (isinstance(ready, Control) and ready.kind == "!ready"):
-            w.closing = True
-            died = proc.exitcode is not None
-            reason = _exit_reason(proc) if died else ""  # read before _stop closes the process object
-            self._stop(w)
-            if isinstance(ready, Control) and ready.kind == "!error":
-                raise ExecutorError(f"{self.name} worker failed to start:\n{ready.fields['text']}")
-            if not died:
-                raise ExecutorError(f"{self.name} worker did not start within {self.start_timeout_s:.0f} s")
-            raise ExecutorError(f"{self.name} worker {reason} during start-up")
-        w.thread = threading.Thread(target=self._receive, args=(w,), name=f"{self.name}-receiver", daemon=True)
-        w.thread.start()
-        self._w = w
+        w.pid = proc.pid
+        return w
+
+    def _await_ready(self, w: _Worker, timeout_s: float) -> str | None:
+        """None once the worker said ready; else why it did not (its error, its exit status, or the timeout)."""
+        if not wait([w.receiver.conn, w.proc.sentinel], timeout=timeout_s):
+            return f"did not start within {timeout_s:.0f} s"
+        try:
+            ready = w.receiver.recv()
+        except (EOFError, OSError):
+            return f"{_exit_reason(w.proc)} during start-up"
+        if isinstance(ready, Control) and ready.kind == "!ready":
+            return None
+        if isinstance(ready, Control) and ready.kind == "!error":
+            return f"failed to start:\n{ready.fields['text']}"
+        return f"sent {ready!r} instead of saying ready"
 
     @property
     def alive(self) -> bool:
@@ -121,7 +148,9 @@ class MpExecutor(Executor):
 
     @property
     def pid(self) -> int | None:
-        return self._w.proc.pid if self._w else None
+        """The running worker's pid, or while one starts, the starting one's (so that it can be watched)."""
+        w = self._w or self._starting
+        return w.pid if w is not None else None
 
     def submit(self, message: StageInput) -> None:
         """Raises ExecutorError if the worker is gone (before or while waiting for ring space), PayloadTooLarge if
@@ -141,7 +170,7 @@ class MpExecutor(Executor):
     def drain_events(self, timeout_s: float = 30.0) -> EventBatch:
         """The worker's events since the last drain (served between two steps); empty if the worker is gone."""
         w = self._w
-        empty = EventBatch(w.proc.pid if w else -1, self.name, [])
+        empty = EventBatch(w.pid if w else -1, self.name, [])
         reply = self._ask("!drain", timeout_s)
         return empty if reply is None else EventBatch.from_bytes(reply.fields["data"])
 
@@ -172,31 +201,35 @@ class MpExecutor(Executor):
             raise ExecutorError(f"{self.name} worker: {kind} failed: {reply.fields['error']}")
         return reply
 
-    def close(self) -> None:
-        """Stop the worker (politely, then terminate, then kill), join the receiver, close pipes, unlink rings."""
-        w, self._w = self._w, None
-        if w is not None:
-            w.closing = True
-            if w.proc.is_alive() and self._lock.acquire(timeout=1.0):
-                try:
-                    w.sender.send_control("!stop")
-                except OSError:
-                    pass
-                finally:
-                    self._lock.release()
-            self._stop(w)
+    def _stop(self, grace_s: float) -> None:
+        """Stop the running worker (asked to stop, then terminated, then killed) and release it. A worker still
+        starting is killed: the `start` waiting for it then fails and releases it."""
+        with self._state_lock:
+            w, self._w = self._w, None
+            if self._starting is not None:
+                self._starting.proc.kill()
+        if w is None:
+            return
+        w.closing = True
+        if w.proc.is_alive() and self._lock.acquire(timeout=1.0):
+            try:
+                w.sender.send_control("!stop")
+            except OSError:
+                pass
+            finally:
+                self._lock.release()
+        self._stop_worker(w, grace_s)
 
-    def _stop(self, w: _Worker) -> None:
-        if w.proc.pid is not None:
-            w.proc.join(timeout=5)
-            if w.proc.is_alive():
-                w.proc.terminate()
-                w.proc.join(timeout=2)
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join()
+    def _stop_worker(self, w: _Worker, grace_s: float) -> None:
+        w.proc.join(timeout=grace_s)
+        if w.proc.is_alive():
+            w.proc.terminate()
+            w.proc.join(timeout=KILL_WAIT_S)
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join()
         if w.thread is not None and w.thread is not threading.current_thread():
-            w.thread.join(timeout=5)
+            w.thread.join(timeout=DEFAULT_GRACE_S)  # the process is gone: it delivers what is left and ends
         self._release(w)
 
     @staticmethod
@@ -226,7 +259,6 @@ class MpExecutor(Executor):
             elif msg.kind == "!error":
                 w.error = msg.fields["text"]
         w.replies.put(None)  # wake an `_ask` waiting on a dead worker
-        w.proc.join(timeout=1)
         if not w.closing:
-            reason = f"{self.name} worker (pid {w.proc.pid}) {_exit_reason(w.proc)}"
+            reason = f"{self.name} worker (pid {w.pid}) {_exit_reason(w.proc)}"
             self.on_death(reason + (f":\n{w.error}" if w.error else ""))

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import os
+import re
+import shutil
 import signal
 import threading
 import time
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +21,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from engine import Engine, EngineConfig, EngineError, RequestError, SpeechRequest
+from engine import Engine, EngineConfig, EngineError, RequestError, SpeechRequest, StageUnavailable
 from engine.config import StageConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
+from engine.runtime.codec import RING_PREFIX
+from engine.runtime.restarter import StageState
 from profiling import events as ev
 
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
@@ -28,11 +35,27 @@ REF_TEXT = "This is the reference clip."
 
 
 def engine_config(checkpoint: Path, talker: str = "uni", code2wav: str = "uni", **stage) -> EngineConfig:
+    """Both stages with the given executors; `stage` holds StageConfig fields of the talker (restart settings
+    apply to both)."""
+    restarts = {k: v for k, v in stage.items() if k.startswith("restart_")}
     return EngineConfig(
         model=str(checkpoint),
-        talker=StageConfig(executor=talker, max_num_seqs=stage.get("max_num_seqs", 8)),
-        code2wav=StageConfig(executor=code2wav, max_num_seqs=4),
+        talker=StageConfig(executor=talker, **{"max_num_seqs": 8, **stage}),
+        code2wav=StageConfig(executor=code2wav, max_num_seqs=4, **restarts),
     )
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "the condition") -> None:
+    """Wait for a condition the engine raises no event for (a new worker's pid, readiness), generously bounded."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.01)
+
+
+def our_rings() -> set[str]:
+    """The shared-memory segments this process made (other processes may make and drop theirs meanwhile)."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(f"{RING_PREFIX}{os.getpid()}_")}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +73,20 @@ def mp(checkpoints) -> Engine:
 @pytest.fixture(scope="module")
 def reference(checkpoints) -> Qwen3TTS:
     return Qwen3TTS.from_pretrained(checkpoints["base"])
+
+
+def assert_clean(message: str) -> None:
+    """What a client may read: no traceback, no Python type or object, no server path."""
+    leak = re.search(r"Traceback|\w+(Error|Exception)\b|<[\w.]+ object|0x[0-9a-f]{6,}|(^|[\s'\"(=])/[\w.-]+/", message)
+    assert leak is None, f"{message!r} leaks {leak.group(0)!r}"
+
+
+def unchecked(**changes) -> SamplingParams:
+    """Sampling settings changed after they were built, past their own checks: the engine must still refuse them."""
+    params = SamplingParams()
+    for name, value in changes.items():
+        setattr(params, name, value)
+    return params
 
 
 def clone(clips, frames: int = 20, **kw) -> SpeechRequest:
@@ -161,16 +198,133 @@ def test_a_killed_worker_fails_its_requests_and_is_replaced(checkpoints, clips) 
             stream = engine.generate(clone(clips, frames=2000))
             await anext(stream)
             os.kill(pid, signal.SIGKILL)
-            start = time.monotonic()
+            with pytest.raises(EngineError, match="talker worker died") as died:
+                async for _ in stream:
+                    pass
+            assert_clean(str(died.value))  # the exit status and any traceback are in the log, not here
+
+        asyncio.run(asyncio.wait_for(killed_mid_stream(), 60))
+        wait_until(lambda: engine.ready()["talker"], what="a new talker worker")
+        assert sum(c.frames for c in engine.synthesize(clone(clips, frames=5)).chunks) == 5
+        assert engine._stages["talker"].pid != pid and engine.requests_in_flight == 0
+
+
+def test_a_replacement_killed_in_its_start_up_is_replaced_again(checkpoints, clips) -> None:
+    """The double kill: the worker, then its replacement while it starts. Nothing wedges: requests in the meantime
+    fail fast or succeed, never wait; a new worker comes up; every place in the engine is given back."""
+    with Engine(engine_config(checkpoints["base"], "mp", "uni", restart_backoff_s=0.1)) as engine:
+        talker = engine._stages["talker"]
+        first = talker.pid
+
+        async def killed_twice() -> None:
+            stream = engine.generate(clone(clips, frames=2000))
+            await anext(stream)
+            os.kill(first, signal.SIGKILL)
             with pytest.raises(EngineError, match="talker worker died"):
                 async for _ in stream:
                     pass
-            assert time.monotonic() - start < 5
+            await asyncio.to_thread(wait_until, lambda: talker.pid not in (None, first), what="the replacement")
+            os.kill(talker.pid, signal.SIGKILL)  # it is still loading its weights
+            try:  # meanwhile a request gets an answer at once (unless a third worker is already up)
+                await collect(engine, clone(clips, frames=3))
+            except StageUnavailable as exc:
+                assert exc.stage == "talker"
 
-        asyncio.run(killed_mid_stream())
-        # the next request waits for the replacement worker and succeeds
+        asyncio.run(asyncio.wait_for(killed_twice(), 60))
+        wait_until(lambda: engine.ready()["talker"], what="a third talker worker")
         assert sum(c.frames for c in engine.synthesize(clone(clips, frames=5)).chunks) == 5
-        assert engine._stages["talker"].pid != pid
+        assert engine.requests_in_flight == 0
+
+
+def test_while_a_stage_has_no_worker_requests_fail_fast_and_restarts_give_up_in_bounded_time(
+    checkpoints, clips, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    checkpoint = shutil.copytree(checkpoints["base"], tmp_path / "base")
+    config = engine_config(checkpoint, "mp", "uni", restart_backoff_s=0.1, restart_max_s=2.0)
+    with Engine(config) as engine:
+        prepared: list[str] = []
+        monkeypatch.setattr(engine.prep, "prepare", lambda request: prepared.append(request.request_id))
+        checkpoint.rename(tmp_path / "moved")  # a replacement worker finds no weights to load
+        os.kill(engine._stages["talker"].pid, signal.SIGKILL)
+        wait_until(lambda: not engine.ready()["talker"], what="the death to be seen")
+
+        with pytest.raises(StageUnavailable) as refused:
+            asyncio.run(collect(engine, clone(clips, frames=3)))
+        assert refused.value.stage == "talker" and prepared == [] and engine.requests_in_flight == 0
+
+        wait_until(lambda: engine._restarters["talker"].state is StageState.DOWN, what="the restarts to give up")
+        (tmp_path / "moved").rename(checkpoint)  # too late: a stage that gave up stays down
+        with pytest.raises(StageUnavailable, match="the talker stage is down"):
+            asyncio.run(collect(engine, clone(clips, frames=3)))
+        assert engine.ready() == {"code2wav": True, "talker": False}
+        gave_up = [r for r in caplog.records if "the stage stays down" in r.getMessage()]
+        assert len(gave_up) == 1 and gave_up[0].levelname == "ERROR"
+
+
+def test_a_caller_that_leaves_frees_its_place_at_once_even_during_prompt_prep(uni: Engine, clips, monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+    prepare, prepared = uni.prep.prepare, []
+
+    def slow_prepare(request: SpeechRequest):
+        prepared.append(request.request_id)
+        if request.request_id == "slow":
+            entered.set()
+            release.wait(60)
+        return prepare(request)
+
+    monkeypatch.setattr(uni.prep, "prepare", slow_prepare)
+
+    async def leave_while_preparing() -> list:
+        slow = asyncio.create_task(collect(uni, clone(clips, frames=3, request_id="slow")))
+        assert await asyncio.to_thread(entered.wait, 60)  # its prep runs
+        queued = asyncio.create_task(collect(uni, clone(clips, frames=3, request_id="queued")))
+        while uni.requests_in_flight < 2:  # admitted, its prep queued behind the slow one
+            await asyncio.sleep(0.01)
+        for task in (queued, slow):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert uni.requests_in_flight == 0 and not release.is_set()  # both places back, the slow prep still runs
+        release.set()
+        return await collect(uni, clone(clips, frames=3, request_id="next"))
+
+    chunks = asyncio.run(asyncio.wait_for(leave_while_preparing(), 60))
+    assert sum(c.frames for c in chunks) == 3
+    assert prepared == ["slow", "next"]  # the prep of the request that left while queued never ran
+
+
+@pytest.mark.parametrize("executors", ["uni", "mp"])
+def test_a_request_that_fails_inside_the_talker_step_fails_alone(
+    executors: str, request: pytest.FixtureRequest, clips, monkeypatch
+) -> None:
+    """A job no check would let through (a nan x-vector: every probability of its seeded draw is nan) raises inside
+    the talker's real decode step. Only that request fails; the stage keeps its worker, and a stream running beside
+    it completes whole, byte-identical to the same request alone."""
+    engine: Engine = request.getfixturevalue(executors)
+    pid = engine._stages["talker"].pid
+    live = functools.partial(clone, clips, frames=60)
+    alone = engine.synthesize(live()).wav
+    prepare = engine.prep.prepare
+
+    def poisoned(request: SpeechRequest):
+        job = prepare(request)
+        if request.request_id == "poisoned":
+            job.x_vector = torch.full_like(job.x_vector, float("nan"))
+        return job
+
+    monkeypatch.setattr(engine.prep, "prepare", poisoned)
+
+    async def side_by_side() -> tuple[list, Exception]:
+        stream = engine.generate(live())
+        first = await anext(stream)  # in the talker now (until its credits run out)
+        with pytest.raises(EngineError) as failed:
+            await collect(engine, clone(clips, frames=60, sampling=None, seed=7, request_id="poisoned"))
+        return [first, *[chunk async for chunk in stream]], failed.value
+
+    chunks, error = asyncio.run(asyncio.wait_for(side_by_side(), 120))
+    assert str(error) == "request poisoned failed: talker: the decode step failed"
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), alone)
+    assert engine._stages["talker"].pid == pid and engine.ready() == {"code2wav": True, "talker": True}
 
 
 @pytest.mark.parametrize(
@@ -188,8 +342,30 @@ def test_a_killed_worker_fails_its_requests_and_is_replaced(checkpoints, clips) 
         ({"ref_audio": (np.zeros(0, np.float32), 24000)}, "ref_audio", "empty"),
         ({"ref_audio": (np.ones(24000 * 31, np.float32) * 0.1, 24000)}, "ref_audio", "too long"),
         ({"ref_audio": (np.full(24000, np.nan, np.float32), 24000)}, "ref_audio", "NaN"),
-        ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
-        ({"sampling": SamplingParams(temperature=0.9, top_p=1.0), "max_new_tokens": -3}, "max_new_tokens", ">= 1"),
+        ({"max_new_tokens": 0}, "max_new_tokens", "at least 1"),
+        (
+            {"sampling": SamplingParams(temperature=0.9, top_p=1.0), "max_new_tokens": -3},
+            "max_new_tokens",
+            "at least 1",
+        ),
+        ({"max_new_tokens": 4097}, "max_new_tokens", r"at most 4096 \(this engine's limit\)"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens", "whole number"),
+        ({"seed": True}, "seed", "whole number"),  # a bool is not taken as 1
+        ({"seed": -1}, "seed", "at least 0"),
+        ({"seed": 2**64}, "seed", "at most"),
+        ({"sampling": unchecked(temperature=1e308)}, "temperature", "between"),
+        ({"sampling": unchecked(temperature=float("nan"))}, "temperature", "finite"),
+        ({"sampling": unchecked(repetition_penalty=1e-300)}, "repetition_penalty", "between"),
+        ({"sampling": unchecked(top_p=1.5)}, "top_p", r"\(0, 1\]"),
+        ({"sampling": unchecked(top_k=-1)}, "top_k", "between 0"),
+        ({"sampling": unchecked(subtalker_temperature=float("inf"))}, "subtalker_temperature", "finite"),
+        ({"text": "a lone \ud800 surrogate"}, "input", "not valid Unicode"),
+        ({"text": b"bytes, not text"}, "input", "must be text"),
+        ({"ref_text": "a lone \udfff surrogate"}, "ref_text", "not valid Unicode"),
+        ({"ref_text": "x" * 2001}, "ref_text", "limit is 2000"),
+        ({"language": "\ud800"}, "language", "not valid Unicode"),
+        ({"x_vector_only": "yes"}, "x_vector_only_mode", "true or false"),
+        ({"ref_audio": "/etc/passwd"}, "ref_audio", "bytes of an audio file"),
     ],
 )
 def test_bad_input_is_refused_by_field_while_a_good_request_completes(
@@ -204,6 +380,32 @@ def test_bad_input_is_refused_by_field_while_a_good_request_completes(
     chunks, error = asyncio.run(both())
     assert error.field == field
     assert sum(c.frames for c in chunks) == 12
+    assert_clean(str(error))
+
+
+def test_a_huge_transcript_is_refused_without_waiting_for_the_prep_thread(uni: Engine, clips, monkeypatch) -> None:
+    """A 9.6 MB transcript is refused on the caller's side, even while the prompt-prep thread is busy: it never
+    queues there, where its tokenizing would take tens of seconds while every other request waits."""
+    busy, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_encode(*args, **kwargs):
+        busy.set()
+        release.wait(60)  # by the test, once the big request was refused
+        returned.set()
+        raise RequestError("ref_audio", "not this one")
+
+    monkeypatch.setattr(uni.prep, "encode", slow_encode)
+    occupied = uni.prepare_voice(b"a clip")
+    assert busy.wait(60)
+    try:
+        with pytest.raises(RequestError, match="limit is 2000") as refused:
+            asyncio.run(collect(uni, clone(clips, ref_text="word " * 1_920_000)))
+        assert refused.value.field == "ref_text"
+        assert not returned.is_set()  # refused while the prep thread was still busy
+    finally:
+        release.set()
+    with pytest.raises(RequestError):
+        occupied.result(timeout=60)
 
 
 def test_converted_reference_audio_is_accepted(uni: Engine, clips) -> None:
@@ -213,19 +415,57 @@ def test_converted_reference_audio_is_accepted(uni: Engine, clips) -> None:
 
 
 def test_close_leaves_no_process_thread_or_shared_memory(checkpoints, clips) -> None:
-    shm_before = set(os.listdir("/dev/shm"))
-    threads_before = set(threading.enumerate())
+    resource_tracker.ensure_running()  # a long-lived child of its own, not the engine's
+    threads_before, rings_before = set(threading.enumerate()), our_rings()
     children_before = set(psutil.Process().children(recursive=True))  # other engines of this module
     engine = Engine(engine_config(checkpoints["base"], "mp", "mp"))
     assert len(set(psutil.Process().children(recursive=True)) - children_before) >= 2
+    assert len(our_rings() - rings_before) == 4  # one each way per worker
     engine.synthesize(clone(clips, frames=3))
     engine.close()
     assert set(psutil.Process().children(recursive=True)) - children_before == set()
-    assert set(os.listdir("/dev/shm")) - shm_before == set()
-    time.sleep(0.2)
-    assert {t for t in threading.enumerate() if t.is_alive()} - threads_before == set()
+    assert our_rings() == rings_before
+    assert {t for t in threading.enumerate() if t.is_alive()} - threads_before == set()  # joined, not left to end
     with pytest.raises(EngineError, match="closed"):
         engine.synthesize(clone(clips, frames=3))
+
+
+def test_close_ends_streams_in_flight_and_stops_a_stuck_worker_within_its_grace(checkpoints, clips) -> None:
+    """What SIGTERM does to the app: streams in flight (one still in prompt prep) end with an EngineError at once;
+    a worker that does not stop by itself (here: stopped by SIGSTOP) is killed after the grace."""
+    resource_tracker.ensure_running()
+    children_before, rings_before = set(psutil.Process().children(recursive=True)), our_rings()
+    engine = Engine(engine_config(checkpoints["base"], "mp", "mp"))
+    prepare, release = engine.prep.prepare, threading.Event()
+
+    def stuck_prepare(request: SpeechRequest):
+        release.wait(60)
+        return prepare(request)
+
+    async def close_mid_stream() -> None:
+        streams = [engine.generate(clone(clips, frames=2000)) for _ in range(3)]
+        for stream in streams:
+            await anext(stream)
+        engine.prep.prepare = stuck_prepare
+        preparing = asyncio.create_task(collect(engine, clone(clips, frames=3)))
+        while engine.requests_in_flight < 4:
+            await asyncio.sleep(0.01)
+        os.kill(engine._stages["talker"].pid, signal.SIGSTOP)
+        closer = threading.Thread(target=engine.close, kwargs={"grace_s": 1.0})
+        closer.start()
+        for stream in streams:
+            with pytest.raises(EngineError, match="the engine was closed"):
+                async for _ in stream:
+                    pass
+        with pytest.raises(EngineError, match="the engine was closed"):
+            await preparing
+        await asyncio.to_thread(closer.join, 60)
+        assert not closer.is_alive()  # the grace, then the kill: it returned
+        release.set()
+
+    asyncio.run(asyncio.wait_for(close_mid_stream(), 90))
+    assert set(psutil.Process().children(recursive=True)) - children_before == set()
+    assert our_rings() == rings_before
 
 
 def test_a_second_request_with_the_same_clip_skips_the_encoders(checkpoints, clips) -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from engine.model.sampling import SamplingParams
-from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, TransportError, make_executor
+from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, TransportError, codec, make_executor
 from engine.runtime.codec import RING_PREFIX, Receiver, Sender, ShmRing
 from engine.stages.base import Stage
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, StageInput, StageOutput, TalkerJob
@@ -27,14 +27,15 @@ from profiling.events import Recorder, get_recorder
 
 class Doubler:
     """A fake Code2Wav: holds a request's chunks until its last one arrives, then emits one AudioOut per step
-    (samples = codes * 2 as float). Request "boom" raises in its step; request "slow" takes `slow_s`."""
+    (samples = codes * 2 as float). Request "boom" raises in its step; request "stuck" blocks its step until `gate`
+    (a multiprocessing Event, so that it reaches a worker) is set."""
 
     name = "fake"
 
-    def __init__(self, slow_s: float = 3.0) -> None:
+    def __init__(self, gate=None) -> None:
         self.held: dict[str, list[CodeChunk]] = {}
         self.ready: deque[CodeChunk] = deque()
-        self.slow_s = slow_s
+        self.gate = gate
 
     def submit(self, message: StageInput) -> None:
         if isinstance(message, Cancel):
@@ -51,8 +52,8 @@ class Doubler:
         c = self.ready.popleft()
         if c.request_id == "boom":
             raise RuntimeError("the stage broke on purpose")
-        if c.request_id == "slow":
-            time.sleep(self.slow_s)
+        if c.request_id == "stuck":
+            self.gate.wait()
         samples = c.codes.float().flatten() * 2
         return [AudioOut(c.request_id, c.index, samples, frames=c.codes.shape[0], is_last=c.is_last)]
 
@@ -82,9 +83,22 @@ class Outputs:
             self.deaths.append(reason)
             self.cond.notify_all()
 
-    def wait(self, predicate, timeout: float = 10.0) -> None:
+    def wait(self, predicate, timeout: float = 60.0) -> None:
         with self.cond:
             assert self.cond.wait_for(predicate, timeout), "timed out"
+
+
+def signal_when_a_writer_waits(monkeypatch) -> threading.Event:
+    """An event set when a Sender starts waiting for ring space (the codec's one blocking wait), so that a test can
+    act once the writer is blocked, rather than after a sleep that hopes it is."""
+    waiting, real_wait = threading.Event(), codec.wait
+
+    def wait(objects, timeout=None):
+        waiting.set()
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(codec, "wait", wait)
+    return waiting
 
 
 def chunks(seed: int = 0) -> list[CodeChunk]:
@@ -164,19 +178,20 @@ def test_talker_job_crosses_with_its_sampling_params_and_optional_tensors():
             c.close()
 
 
-def test_a_full_ring_blocks_the_writer_until_space_is_freed_and_times_out_if_never():
+def test_a_full_ring_blocks_the_writer_until_space_is_freed_and_times_out_if_never(monkeypatch):
     ctx = get_context("spawn")
     (r, w), (bell_r, bell_w) = ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)
     ring, rec = ShmRing(256 << 10), Recorder()
-    sender, receiver = Sender(w, ring, bell_r, rec, timeout_s=5), Receiver(r, ring, bell_w, Recorder())
+    sender, receiver = Sender(w, ring, bell_r, rec, timeout_s=60), Receiver(r, ring, bell_w, Recorder())
+    writer_waits = signal_when_a_writer_waits(monkeypatch)
     try:
         big = [torch.full((100 << 10,), i, dtype=torch.uint8) for i in range(10)]
         writer = threading.Thread(target=lambda: [sender.send(CodeChunk("r", i, t, False)) for i, t in enumerate(big)])
         writer.start()
+        assert writer_waits.wait(60)  # two messages fill the ring: the third waits for the reader
         for i in range(10):
-            time.sleep(0.02)  # a slow reader
             assert torch.equal(receiver.recv().codes, big[i])
-        writer.join()
+        writer.join(60)
         assert any(e.name == ev.WAIT for e in rec.drain())
 
         sender.timeout_s = 0.2  # nobody reads now
@@ -206,11 +221,12 @@ def test_an_idle_worker_uses_no_cpu_and_close_leaves_nothing_behind():
     ex.submit(CodeChunk("a", 0, torch.ones(4, 16, dtype=torch.int64), is_last=True))
     outs.wait(lambda: len(outs.items) == 1)
 
-    worker.cpu_percent(None)
-    engine_cpu = sum(me.cpu_times()[:2])
-    time.sleep(1.0)
-    assert worker.cpu_percent(None) < 3.0  # blocked on its pipe, not polling
-    assert sum(me.cpu_times()[:2]) - engine_cpu < 0.03  # the receiver thread too
+    receiver = next(t for t in me.threads() if t.id == ex._w.thread.native_id)
+    worker_cpu = sum(worker.cpu_times()[:2])
+    time.sleep(1.0)  # not a wait for anything: the window in which an idle worker must spend no CPU
+    assert sum(worker.cpu_times()[:2]) - worker_cpu < 0.03  # blocked on its pipe, not polling
+    receiver_now = next(t for t in me.threads() if t.id == receiver.id)
+    assert receiver_now.user_time + receiver_now.system_time - receiver.user_time - receiver.system_time < 0.03
 
     ex.close()
     ex.close()  # idempotent
@@ -220,16 +236,18 @@ def test_an_idle_worker_uses_no_cpu_and_close_leaves_nothing_behind():
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(ours)]
 
 
-def test_a_killed_worker_is_reported_with_its_requests_and_restarted():
+def test_a_killed_worker_is_reported_with_its_requests_and_restarted(monkeypatch):
     outs = Outputs()
-    ex = MpExecutor(Doubler, outs, "fake", on_death=outs.died, ring_bytes=1 << 20)
+    gate = get_context("spawn").Event()  # never set: the "stuck" request holds the worker in its step
+    ex = MpExecutor(functools.partial(Doubler, gate), outs, "fake", on_death=outs.died, ring_bytes=1 << 20)
     ex.start()
+    writer_waits = signal_when_a_writer_waits(monkeypatch)
     try:
         small, big = torch.ones(2, 16, dtype=torch.int64), torch.zeros(2400, 16, dtype=torch.int64)  # 307 KB
         ex.submit(CodeChunk("held", 0, small, is_last=False))
         ex.submit(CodeChunk("done", 0, small, is_last=True))
         outs.wait(lambda: len(outs.items) == 1)
-        ex.submit(CodeChunk("slow", 0, small, is_last=True))  # the worker is busy in this step for 3 s ...
+        ex.submit(CodeChunk("stuck", 0, small, is_last=True))  # the worker stays in this step ...
         errors: list[Exception] = []
 
         def fill() -> None:  # ... so its 1 MiB input ring fills and the fourth chunk waits for space
@@ -241,14 +259,13 @@ def test_a_killed_worker_is_reported_with_its_requests_and_restarted():
 
         filler = threading.Thread(target=fill)
         filler.start()
-        time.sleep(0.5)
-        t0 = time.monotonic()
+        assert writer_waits.wait(60)
         os.kill(ex.pid, signal.SIGKILL)
-        outs.wait(lambda: outs.deaths, timeout=2.0)
-        filler.join(timeout=2.0)
-        assert time.monotonic() - t0 < 2.0
-        assert "SIGKILL" in outs.deaths[0] and sorted(ex.in_flight()) == ["fill", "held", "slow"]
-        assert errors and "died while a submit waited" in str(errors[0])
+        outs.wait(lambda: outs.deaths)
+        filler.join(60)
+        assert not filler.is_alive()
+        assert "SIGKILL" in outs.deaths[0] and sorted(ex.in_flight()) == ["fill", "held", "stuck"]
+        assert errors and "died while a submit waited" in str(errors[0])  # woken by the death, not a timeout
         with pytest.raises(ExecutorError, match="not running"):
             ex.submit(Cancel("held"))
 
@@ -263,7 +280,7 @@ def test_a_killed_worker_is_reported_with_its_requests_and_restarted():
 @pytest.mark.parametrize("kind", ["uni", "mp"])
 def test_a_stage_that_raises_in_step_is_a_death_with_its_traceback(kind):
     outs = Outputs()
-    ex = make_executor(kind, functools.partial(Doubler, slow_s=0.1), outs, "fake", on_death=outs.died)
+    ex = make_executor(kind, Doubler, outs, "fake", on_death=outs.died)
     ex.start()
     try:
         ex.submit(CodeChunk("boom", 0, torch.ones(1, 16, dtype=torch.int64), is_last=True))
@@ -282,16 +299,19 @@ def test_a_factory_that_raises_fails_start_with_its_message(kind):
     ex.close()
 
 
-if __name__ == "__main__":
-    raise SystemExit(pytest.main([__file__, *sys.argv[1:]]))
-
-
-def _exit_at_import() -> Stage:
-    os._exit(3)  # the worker dies before it can report anything
+def _exit_slowly_with_pipes_closed() -> Stage:
+    """A worker that dies in start-up the racy way: its pipes close (the engine sees EOF) a while before it exits."""
+    os.closerange(3, 65536)
+    time.sleep(0.5)  # part of the scenario (a slow exit), not a wait of the test
+    os._exit(3)
 
 
 def test_a_worker_that_dies_during_start_up_is_reported_with_its_exit_code() -> None:
-    executor = make_executor("mp", _exit_at_import, lambda out: None, "dying", start_timeout_s=60)
+    executor = make_executor("mp", _exit_slowly_with_pipes_closed, lambda out: None, "dying", start_timeout_s=60)
     with pytest.raises(ExecutorError, match="dying worker exited with code 3 during start-up"):
         executor.start()
     executor.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(pytest.main([__file__, *sys.argv[1:]]))

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.model.sampling import SamplingParams, Warp, choose_tokens, process_talker_logits, suppress_mask, warp_logits
+from engine.model.sampling import (
+    SamplingError,
+    SamplingParams,
+    Warp,
+    choose_tokens,
+    process_talker_logits,
+    suppress_mask,
+    warp_logits,
+)
 
 EOS = 2150
 GENERATION_CONFIG = Path("/work/shared/reference/configs/generation_config.json")
@@ -26,17 +34,45 @@ def test_defaults_are_the_release_generation_config():
     "bad",
     [
         dict(temperature=0),
+        dict(temperature=1e308),  # float32 inf: every score becomes nan
+        dict(temperature=1e-300),  # float32 0
+        dict(temperature=float("nan")),
+        dict(temperature=float("inf")),
+        dict(temperature=-1.0),
+        dict(temperature="hot"),
+        dict(subtalker_temperature=1e308),
         dict(top_p=0),
         dict(top_p=1.5),
+        dict(top_p=float("nan")),
         dict(top_k=-1),
+        dict(top_k=2**70),  # beyond int64
+        dict(top_k=2.5),
+        dict(top_k=True),  # a bool is not a count
+        dict(subtalker_top_k=-1),
         dict(repetition_penalty=0),
+        dict(repetition_penalty=1e-300),
+        dict(repetition_penalty=float("inf")),
         dict(max_new_tokens=0),
+        dict(max_new_tokens=2.5),
+        dict(max_new_tokens=True),
+        dict(min_new_tokens=-1),
+        dict(do_sample=1),
+        dict(subtalker_dosample="no"),
         dict(subtalker_top_p=2.0),
     ],
 )
-def test_bad_settings_fail_at_construction(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+def test_bad_settings_fail_at_construction_naming_the_field(bad):
+    field = next(iter(bad))
+    with pytest.raises(SamplingError, match=f"^{field}: ") as refused:
         SamplingParams(**bad)
+    assert refused.value.field == field
+    assert isinstance(refused.value, ValueError)  # what callers of the dataclass already catch
+
+
+def test_settings_at_the_edges_of_their_ranges_are_taken():
+    params = SamplingParams(temperature=1e-3, top_k=0, top_p=1e-9, repetition_penalty=100, subtalker_temperature=100)
+    assert params.temperature == 1e-3 and params.top_k == 0
+    assert SamplingParams(temperature=1, top_p=1).temperature == 1  # whole numbers are numbers too
 
 
 def _process(logits, generated_ids=(), num_generated=5, penalty=1.05, min_new=2):
