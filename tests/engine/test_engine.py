@@ -468,6 +468,20 @@ def test_close_ends_streams_in_flight_and_stops_a_stuck_worker_within_its_grace(
     assert our_rings() == rings_before
 
 
+def test_close_during_a_restart_leaves_no_worker_behind(checkpoints) -> None:
+    resource_tracker.ensure_running()
+    children_before, rings_before = set(psutil.Process().children(recursive=True)), our_rings()
+    engine = Engine(engine_config(checkpoints["base"], "mp", "uni"))
+    talker = engine._stages["talker"]
+    first = talker.pid
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: talker.pid not in (None, first), what="the replacement")  # starting now
+    engine.close(grace_s=5.0)
+    assert set(psutil.Process().children(recursive=True)) - children_before == set()
+    assert our_rings() == rings_before
+    assert not [t for t in threading.enumerate() if t.name == "talker-restart" and t.is_alive()]
+
+
 def test_a_second_request_with_the_same_clip_skips_the_encoders(checkpoints, clips) -> None:
     with Engine(engine_config(checkpoints["base"])) as engine:
         first = engine.synthesize(clone(clips, frames=4))
