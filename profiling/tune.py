@@ -30,7 +30,7 @@ from typing import Any
 
 from engine.config import EngineConfig
 from profiling.evidence import explain
-from profiling.search import Abort, Candidate, Measurement, Search, make_candidates, verify
+from profiling.search import Abort, Candidate, Evaluator, Measurement, Search, make_candidates, verify
 from profiling.space import CLIENT_KNOBS, KNOBS, apply, candidate_points, config_yaml, space
 from profiling.tune_report import TuneReport
 from profiling.workload import Workload
@@ -48,7 +48,7 @@ def parse_budget(text: str) -> float:
 
 def tune(
     workload: Workload,
-    evaluator: Any,
+    evaluator: Evaluator,
     points: list[dict[str, Any]],
     budget_s: float,
     *,
