@@ -1,4 +1,5 @@
-"""How stages run and talk: executors (`uni`: a thread, `mp`: a worker process) and the transport between them."""
+"""How stages run and talk: executors (`uni`: a thread, `mp`: a worker process), the transport between them, the
+replacement of a dead stage (`restarter`), and the one thread that runs prompt prep (`serial`)."""
 
 from __future__ import annotations
 
