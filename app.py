@@ -2,7 +2,7 @@
 
 python app.py                                            # the app, with the embedded tiny model (noise, real timings)
 python app.py --model ./Qwen3-TTS-12Hz-0.6B-Base         # a checkpoint folder (or a Hub id, downloaded when online)
-python app.py --config configs/tiny-mp-mp.yaml --host 0.0.0.0 --port 7860
+python app.py --config configs/tiny-mp-mp.yaml --host 0.0.0.0 --allowed-hosts tts.example.com --port 7860
 python app.py synth --text "Hello." --out hello.wav      # one request, no server
 python app.py synth --model ./Qwen3-TTS-12Hz-0.6B-Base --ref-audio me.wav --ref-text "What I said." --text "Hi."
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
 from engine.model.tiny import build_checkpoint
+from ui.edge import LOOPBACK_HOSTS, EdgeLimits
 
 REFERENCE_MAX_SECONDS = 30.0
 
@@ -33,24 +35,71 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", help="checkpoint folder or Hub id; default: the embedded tiny random model")
     p.add_argument("--config", type=Path, help="engine config YAML (configs/); --model overrides its model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="0: any free port")
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host header names to answer (any port), or '*' for any; default: the loopback names "
+        "(127.0.0.1, localhost, [::1]); required when --host is beyond this machine",
+    )
+    p.add_argument(
+        "--grace-s",
+        type=seconds,
+        default=10.0,
+        help="after SIGTERM/SIGINT: seconds requests get before they are cut, and each engine to close",
+    )
     return p.parse_args(argv)
 
 
+def seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """The Host allowlist: as given, else the loopback names; a server bound beyond loopback must be told which
+    names it answers to (or '*'), since the loopback names alone would refuse every client that reaches it."""
+    if args.allowed_hosts is not None:
+        names = tuple(name.strip().lower() for name in args.allowed_hosts.split(",") if name.strip())
+        if not names:
+            raise SystemExit("--allowed-hosts is empty: name the Host headers to answer, or '*' for any")
+        return names
+    if not is_loopback(args.host):
+        raise SystemExit(
+            f"--host {args.host} opens the server beyond this machine: say which Host names it answers to with "
+            "--allowed-hosts (e.g. --allowed-hosts tts.example.com,10.0.0.5), or --allowed-hosts '*' for any"
+        )
+    return LOOPBACK_HOSTS
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The serving engine's config; its close is bounded by the server's grace."""
     config = EngineConfig.from_yaml(args.config) if args.config else EngineConfig()
     if args.model:
         device = config.device if args.config else "cuda" if torch.cuda.is_available() else "cpu"
         config = dataclasses.replace(config, model=args.model, device=device)
-    return config
+    return dataclasses.replace(config, close_grace_s=args.grace_s)
 
 
 def serve(argv: list[str]) -> int:
     from ui.app import create_app
+    from ui.server import ServeConfig
     from ui.server import serve as serve_app
     from ui.state import EngineManager, describe
 
     args = parse_serve_args(argv)
+    hosts = allowed_hosts(args)
+    served = ServeConfig(host=args.host, port=args.port, grace_s=args.grace_s, edge=EdgeLimits(allowed_hosts=hosts))
     config = engine_config(args)
     if config.model is None:
         print("No --model: the embedded tiny model with RANDOM weights. The audio is noise; the timings are real.",
@@ -58,13 +107,11 @@ def serve(argv: list[str]) -> int:
     print(f"Starting the engine ({describe(config)}) …", file=sys.stderr)
     t0 = time.perf_counter()
     manager = EngineManager(config)
-    url = f"http://{args.host}:{args.port}"
-    print(f"Engine ready in {time.perf_counter() - t0:.1f} s. App: {url}/  API: POST {url}/v1/audio/speech",
-          file=sys.stderr)  # fmt: skip
-    try:
-        serve_app(create_app(manager), host=args.host, port=args.port)
-    finally:
-        manager.close()
+    print(f"Engine ready in {time.perf_counter() - t0:.1f} s. The app is at /, the API at POST /v1/audio/speech, "
+          "health at /health and /ready.", file=sys.stderr)  # fmt: skip
+    which = "any Host (--allowed-hosts '*')" if "*" in hosts else f"Host {', '.join(hosts)} (any port)"
+    print(f"Answering requests for {which}; others get 400.", file=sys.stderr)
+    serve_app(create_app(manager), served, on_shutdown=manager.close)
     return 0
 
 
@@ -134,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["synth"]:
         return synth(argv[1:])
-    return serve(argv)
+    try:
+        return serve(argv)
+    except KeyboardInterrupt:  # SIGINT, after the server has closed everything
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`app.py synth` synthesises one request from the command line with the embedded tiny model on a fresh machine."""
+"""`app.py` as a user runs it: `synth` synthesises one request from the command line with the embedded tiny model on a
+fresh machine; without it, the app and the API are served on one port."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.app_process import ROOT, AppProcess
 
 
 def test_app_writes_a_wav_with_the_embedded_tiny_model(tmp_path: Path) -> None:
@@ -63,34 +65,25 @@ def test_app_clones_a_voice_from_a_clip(tmp_path: Path, clips: dict[str, Path], 
     assert sf.info(out).frames > 0
 
 
-def test_app_serves_the_page_and_the_api_on_one_loopback_port() -> None:
-    import socket
-    import time
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port)], cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the app did not come up"
-                time.sleep(0.3)
+def test_app_serves_the_page_the_api_and_health_on_one_port_for_the_hosts_it_is_told() -> None:
+    args = ("--port", "0", "--allowed-hosts", "127.0.0.1,tts.example")
+    with AppProcess(*args) as app:
+        url = app.serving_url()
+        assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
+        assert "Answering requests for Host 127.0.0.1, tts.example (any port)" in app.stderr
+        assert httpx.get(url + "/ready", timeout=5).json()["status"] == "ready"
+        page = httpx.get(url + "/", timeout=5)
         assert page.status_code == 200 and "Voxtrace" in page.text
-        config = httpx.get(f"http://127.0.0.1:{port}/config", timeout=5).text
+        config = httpx.get(url + "/config", timeout=5).text
         assert "random weights" in config  # the page says plainly that the tiny model's audio is noise
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)  # the HTTP API, same port
+        models = httpx.get(url + "/v1/models", timeout=5)  # the HTTP API, same port
         assert models.status_code == 200, models.text
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    assert "RANDOM weights" in proc.stderr.read()
+        assert httpx.get(url + "/health", headers={"host": "tts.example:443"}, timeout=5).status_code == 200
+        assert httpx.get(url + "/health", headers={"host": "localhost"}, timeout=5).status_code == 400
+    assert "RANDOM weights" in app.stderr
+
+
+def test_a_host_beyond_loopback_must_say_which_names_it_answers() -> None:
+    with AppProcess("--host", "0.0.0.0", "--port", "0") as app:
+        assert app.wait_exit(60) != 0
+    assert "--allowed-hosts" in app.stderr and "Starting the engine" not in app.stderr  # refused before any work

@@ -1,10 +1,12 @@
 """The OpenAI-compatible speech API: `POST /v1/audio/speech` and `GET /v1/models`, over one `engine.Engine`.
 
-A body (`ui.api_schema.SpeechBody`) is mapped to an `engine.SpeechRequest` and admitted only while fewer than
-`ApiLimits.max_in_flight` requests run (past that: 429 at once, never an unbounded queue). The first audio chunk is
-awaited before any status is sent, so a request the engine refuses gets a 4xx naming the field, and a stream that does
-start carries its seed and time to first audio in its headers. A client that goes away mid-request cancels it, which
-frees its slots in every stage.
+A body (`ui.api_schema.SpeechBody`) is mapped to an `engine.SpeechRequest` and admitted only while every stage has a
+live worker (else 503 naming the stage) and fewer than `ApiLimits.max_in_flight` requests run (past that: 429 at once,
+never an unbounded queue). The first audio chunk is awaited before any status is sent, so a request the engine refuses
+gets a 4xx naming the field, and a stream that does start carries its seed and time to first audio in its headers. A
+stream the engine fails midway is cut (the client sees an unfinished response; SSE gets an `error` event). A client
+that goes away mid-request cancels it, which frees its slots in every stage. Each request that ends in an error leaves
+one line in the log, with its id (the `x-voxtrace-request-id` header).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from engine import AudioChunk, Engine, EngineError, RequestError
-from ui.api_schema import ApiError, SpeechBody, busy_error, engine_error, to_speech_request
+from ui.api_schema import ApiError, SpeechBody, busy_error, engine_error, to_speech_request, unavailable_error
 from ui.audio_formats import CONTENT_TYPES, FORMATS, encode, to_pcm16, wav_stream_header
+from ui.edge import REQUEST_ID_HEADER, log_error, request_id
+from ui.health import down_stages
 
 __all__ = ["ApiError", "ApiLimits", "SpeechApi"]
 
@@ -34,14 +38,12 @@ log = logging.getLogger("voxtrace.api")
 
 @dataclass
 class ApiLimits:
-    """What the HTTP layer admits; text length and clip duration are the engine's own limits (`LimitsConfig`)."""
+    """What the API admits at once; body sizes are the edge's (`ui.edge.EdgeLimits`), text lengths and clip duration
+    the engine's own limits (`LimitsConfig`)."""
 
-    max_body_bytes: int = 10 * 2**20  # larger bodies get 413 before they are parsed
     max_in_flight: int = 8  # requests generating at once; one more gets 429 at once
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes < 1024:
-            raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
 
@@ -65,7 +67,8 @@ class Gate:
 
 class AudioStream(StreamingResponse):
     """A streaming response that always runs `on_close` (leave the gate, close the engine's iterator, which cancels an
-    unfinished request), whether the stream ends, fails, or the client disconnects."""
+    unfinished request), whether the stream ends, fails, or the client disconnects. A failure of the engine midway
+    leaves the response unfinished, so the server closes the connection and the client knows its audio is cut."""
 
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]], **kw: Any) -> None:
         super().__init__(content, **kw)
@@ -74,6 +77,9 @@ class AudioStream(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except (RequestError, EngineError) as exc:
+            error = engine_error(exc)
+            log_error(scope, error.status, f"the stream was cut: {error.for_log()}")
         finally:
             await self.on_close()
 
@@ -86,9 +92,9 @@ def model_id(engine: Engine) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
 
 
-def timing_headers(request_id: str, first: AudioChunk) -> dict[str, str]:
+def timing_headers(rid: str, first: AudioChunk) -> dict[str, str]:
     return {
-        "x-voxtrace-request-id": request_id,
+        REQUEST_ID_HEADER: rid,
         "x-voxtrace-seed": "none" if first.seed is None else str(first.seed),
         "x-voxtrace-time-to-first-audio-ms": f"{(first.emitted_ns - first.submitted_ns) / 1e6:.1f}",
     }
@@ -108,14 +114,22 @@ class SpeechApi:
         any_method = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         self.router.add_api_route("/{path:path}", self.not_found, methods=any_method, include_in_schema=False)
 
+    def require_ready(self) -> None:
+        """503 naming a stage that has no live worker: the server does not claim to serve what it cannot."""
+        down = down_stages(self.engine.ready())
+        if down:
+            raise unavailable_error(down[0])
+
     async def models(self) -> dict[str, Any]:
+        self.require_ready()
         model = self.engine.model
+        served = model_id(self.engine)
         entry = {
-            "id": model_id(self.engine),
+            "id": served,
             "object": "model",
             "created": self.created,
             "owned_by": "voxtrace",
-            "root": self.engine.checkpoint,
+            "root": served,  # the name, never the server's path to it
             "task_type": model.task,
             "languages": model.languages,
             "speakers": model.speakers,
@@ -129,14 +143,15 @@ class SpeechApi:
 
     async def speech(self, body: SpeechBody, request: Request) -> Response:
         served = model_id(self.engine)
-        if body.model not in (None, "", served, self.engine.checkpoint):
+        if body.model not in (None, "", served):
             raise ApiError(
                 404,
                 f"model: {body.model!r} is not served here; this server serves {served!r}",
                 "model",
                 "model_not_found",
             )
-        speech = to_speech_request(body, self.engine.model)
+        speech = to_speech_request(body, self.engine.model, self.engine.config.limits, request_id(request.scope))
+        self.require_ready()
         if not self.gate.try_enter():
             raise busy_error(f"the server is busy: {self.gate.limit} requests in flight; try again shortly")
         chunks = self.engine.generate(speech)
@@ -161,7 +176,7 @@ class SpeechApi:
         headers = timing_headers(speech.request_id, first)
         fmt = body.response_format
         if body.stream_format == "sse":
-            content = self._sse(first, chunks, fmt)
+            content = self._sse(first, chunks, fmt, request.scope)
             return AudioStream(content, close, media_type="text/event-stream", headers=headers)
         if body.stream:
             content = self._audio(first, chunks, fmt)
@@ -197,7 +212,7 @@ class SpeechApi:
     @staticmethod
     async def _audio(first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str) -> AsyncIterator[bytes]:
         """Raw s16le, or a streaming WAV (header with unknown sizes, then the same PCM); one write per engine chunk.
-        An engine failure mid-stream propagates, so the server aborts the response rather than end it cleanly."""
+        An engine failure mid-stream propagates to `AudioStream`, which leaves the response unfinished."""
         head = wav_stream_header(first.sample_rate) if fmt == "wav" else b""
         yield head + to_pcm16(first.samples)
         async for chunk in chunks:
@@ -205,7 +220,9 @@ class SpeechApi:
                 yield to_pcm16(chunk.samples)
 
     @staticmethod
-    async def _sse(first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str) -> AsyncIterator[bytes]:
+    async def _sse(
+        first: AudioChunk, chunks: AsyncIterator[AudioChunk], fmt: str, scope: Scope
+    ) -> AsyncIterator[bytes]:
         """OpenAI's speech SSE: `speech.audio.delta` events with base64 audio, then `speech.audio.done` (or `error`)."""
 
         def event(payload: dict[str, Any]) -> bytes:
@@ -221,7 +238,9 @@ class SpeechApi:
                 frames += chunk.frames
                 yield event({"type": "speech.audio.delta", "audio": base64.b64encode(to_pcm16(chunk.samples)).decode()})
         except (RequestError, EngineError) as exc:
-            yield event({"type": "error", **engine_error(exc).body()})
+            error = engine_error(exc)
+            log_error(scope, error.status, f"the stream ended with an error event: {error.for_log()}")
+            yield event({"type": "error", **error.body()})
             return
         yield event({"type": "speech.audio.done", "usage": {"output_tokens": frames, "total_tokens": frames}})
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
-from engine import EngineBusy, RequestError, SpeechRequest
+from engine import EngineBusy, RequestError, SpeechRequest, StageUnavailable
+from engine.config import LimitsConfig
 from engine.model.qwen3_tts import Qwen3TTS
+from engine.model.sampling import MAX_TOP_K, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE, SamplingError, SamplingParams
 from ui.audio_formats import FORMATS, STREAM_FORMATS
 
 # task_type: ours, and the checkpoint-type names other Qwen3-TTS servers use (Base / CustomVoice / VoiceDesign)
@@ -25,7 +29,8 @@ TASK_ALIASES = {
     "customvoice": "custom_voice",
     "voicedesign": "voice_design",
 }
-ENGINE_FIELD_TO_PARAM = {"task": "task_type", "sampling": "temperature"}  # engine names that differ from the API's
+ENGINE_FIELD_TO_PARAM = {"task": "task_type"}  # the engine's field names that differ from the API's
+RETRY_AFTER_S = 1  # busy, or a stage's worker being replaced: seconds, not minutes
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),(?P<data>.*)$", re.DOTALL)
 URL_LIKE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:(//|/)")  # http://, file:/, s3://, ...
 # characters no base64 holds: "." and "\\" (a file name, a Windows path) or a leading "./", "~"; a leading "/" is a
@@ -35,7 +40,8 @@ SHORTEST_CLIP_BASE64 = 512
 
 
 class ApiError(Exception):
-    """An error answered as OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}."""
+    """An error answered as OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}. `reason` is for the
+    server's log only (why the engine failed), never sent."""
 
     def __init__(
         self,
@@ -45,61 +51,98 @@ class ApiError(Exception):
         code: str | None = None,
         kind: str = "invalid_request_error",
         headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
         self.headers = headers or {}
+        self.reason = reason
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
+    def for_log(self) -> str:
+        return f"{self.message} ({self.reason})" if self.reason else self.message
+
+    def content(self) -> bytes:
+        """The body as JSON, ASCII-escaped, so no client text in it (a lone surrogate) can break its encoding."""
+        return json.dumps(self.body()).encode()
+
 
 def busy_error(message: str) -> ApiError:
-    return ApiError(429, message, code="busy", kind="server_busy", headers={"Retry-After": "1"})
+    return ApiError(429, message, code="busy", kind="server_busy", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def unavailable_error(stage: str) -> ApiError:
+    message = f"the {stage} stage has no live worker right now (it is being replaced); try again shortly"
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return ApiError(503, message, code="stage_unavailable", kind="server_error", headers=headers)
 
 
 def engine_error(exc: Exception) -> ApiError:
-    """The engine's exceptions as HTTP answers: bad input 400 naming the field, busy 429, failures 500."""
+    """The engine's exceptions as HTTP answers: bad input 400 naming the field, busy 429, a stage down 503, a failure
+    500. Only the first line of the engine's text is used (never a worker's traceback), and a failure's text goes to
+    the log alone: the client gets a short message and the request id to quote."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, RequestError):
         param = ENGINE_FIELD_TO_PARAM.get(exc.field, exc.field)
-        message = str(exc).split(": ", 1)[-1]
+        message = reason.split(": ", 1)[-1]
         return ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
     if isinstance(exc, EngineBusy):
-        return busy_error(f"the engine is busy, try again shortly ({exc})")
-    return ApiError(500, f"synthesis failed: {exc}", code="engine_error", kind="server_error")
+        return busy_error("the engine is busy; try again shortly")
+    if isinstance(exc, StageUnavailable):
+        return unavailable_error(exc.stage)
+    return ApiError(500, "synthesis failed", code="engine_error", kind="server_error", reason=reason)
+
+
+def _unicode(text: str) -> str:
+    """Text that can be encoded: JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError(
+            "invalid_unicode", "is not valid Unicode (a lone surrogate at character {at})", {"at": exc.start}
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class VoiceRef(BaseModel):
     """OpenAI's custom-voice object, {"id": ...}; its id is used as the speaker name."""
 
-    id: str
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Text
 
 
 class SpeechBody(BaseModel):
     """The body of POST /v1/audio/speech: OpenAI's fields, then the Qwen3-TTS ones. Unknown fields are refused, so a
-    misspelt option is an error rather than silently ignored."""
+    misspelt option is an error rather than silently ignored; types are strict (`true` is not a seed, 1e9 is not a
+    frame count) and numbers finite and in range. Text lengths are the engine's limits, checked before any work."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    model: str | None = None
-    input: str
-    voice: str | VoiceRef | None = None  # custom_voice: the speaker; ignored by voice_clone and voice_design
-    response_format: str = "wav"
+    model: Text | None = None
+    input: Text
+    voice: Text | VoiceRef | None = None  # custom_voice: the speaker; refused by the other tasks
+    response_format: Text = "wav"
     speed: float = 1.0
     stream: bool = False
-    stream_format: str = "audio"
-    task_type: str | None = None  # None: the loaded checkpoint's task
-    language: str = "auto"
-    instructions: str | None = None
-    ref_audio: str | None = None  # base64 audio file bytes, or a data URL
-    ref_text: str | None = None
+    stream_format: Text = "audio"
+    task_type: Text | None = None  # None: the loaded checkpoint's task
+    language: Text = "auto"
+    instructions: Text | None = None
+    ref_audio: Text | None = None  # base64 audio file bytes, or a data URL
+    ref_text: Text | None = None
     x_vector_only_mode: bool = False
-    max_new_tokens: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)  # at most the engine's limit (the engine says which)
     seed: int | None = Field(None, ge=0, lt=2**63)
-    temperature: float | None = Field(None, ge=0)  # 0: greedy (talker and code predictor)
-    top_k: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=TEMPERATURE_RANGE[1])  # 0: greedy (talker and code predictor)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)
     top_p: float | None = Field(None, gt=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1])
     non_streaming_mode: bool | None = None
 
 
@@ -129,9 +172,17 @@ def decode_ref_audio(value: str) -> bytes:
     return decoded
 
 
-def to_speech_request(body: SpeechBody, model: Qwen3TTS) -> SpeechRequest:
-    """The body as an engine request. Fields the engine checks against the checkpoint (language, speaker, lengths,
-    the clip) are left to it: its `RequestError` names the field."""
+def to_speech_request(body: SpeechBody, model: Qwen3TTS, limits: LimitsConfig, request_id: str) -> SpeechRequest:
+    """The body as an engine request. Text lengths are checked here against the engine's `limits`, before the clip is
+    decoded; what the engine checks against the checkpoint (language, speaker, the clip) is left to it: its
+    `RequestError` names the field."""
+    for param, text, limit in (
+        ("input", body.input, limits.max_text_chars),
+        ("instructions", body.instructions, limits.max_instruct_chars),
+        ("ref_text", body.ref_text, limits.max_ref_text_chars),
+    ):
+        if text is not None and len(text) > limit:
+            raise ApiError(400, f"{param}: has {len(text)} characters; the limit is {limit}", param, "too_long")
     if body.response_format not in FORMATS:
         raise ApiError(
             400,
@@ -162,25 +213,43 @@ def to_speech_request(body: SpeechBody, model: Qwen3TTS) -> SpeechRequest:
                 "invalid_value",
             )
     voice = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
-    sampling = None
-    tuned = {k: getattr(body, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty")}
-    tuned = {k: v for k, v in tuned.items() if v is not None}
-    if tuned:
-        if tuned.get("temperature") == 0:  # greedy: sampling settings no longer matter
-            del tuned["temperature"]
-            tuned.update(do_sample=False, subtalker_dosample=False)
-        sampling = dataclasses.replace(model.sampling_defaults, **tuned)
+    if voice and (task or model.task) != "custom_voice":
+        source = "ref_audio" if (task or model.task) == "voice_clone" else "instructions"
+        raise ApiError(
+            400,
+            f"voice: {voice!r} is not a voice here; {task or model.task} takes its voice from {source}, so leave "
+            "voice out (named speakers are custom_voice's)",
+            "voice",
+            "invalid_value",
+        )
     return SpeechRequest(
         text=body.input,
         task=task,
         language=body.language,
-        speaker=voice if (task or model.task) == "custom_voice" else None,
+        speaker=voice or None,
         instruct=body.instructions,
         ref_audio=decode_ref_audio(body.ref_audio) if body.ref_audio is not None else None,
         ref_text=body.ref_text,
         x_vector_only=body.x_vector_only_mode,
         non_streaming_mode=body.non_streaming_mode,
-        sampling=sampling,
+        sampling=sampling_params(body, model),
         seed=body.seed,
         max_new_tokens=body.max_new_tokens,
+        request_id=request_id,
     )
+
+
+def sampling_params(body: SpeechBody, model: Qwen3TTS) -> SamplingParams | None:
+    """The checkpoint's sampling settings with the body's changes; None when it changes none. Temperature 0 is
+    greedy decoding (talker and code predictor), where the other settings no longer matter."""
+    tuned = {k: getattr(body, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty")}
+    tuned = {k: v for k, v in tuned.items() if v is not None}
+    if not tuned:
+        return None
+    if tuned.get("temperature") == 0:
+        del tuned["temperature"]
+        tuned.update(do_sample=False, subtalker_dosample=False)
+    try:
+        return dataclasses.replace(model.sampling_defaults, **tuned)
+    except SamplingError as exc:  # inside the API's ranges, outside the engine's (a temperature of 1e-4)
+        raise ApiError(400, str(exc), exc.field, "invalid_value") from None

@@ -1,33 +1,47 @@
-"""The HTTP server: a FastAPI app with the speech API under /v1, onto which the Gradio app is mounted at "/".
+"""The HTTP server: a FastAPI app with the speech API under /v1 and /health, /ready, onto which the Gradio app is
+mounted at "/", served by uvicorn behind the edge (`ui.edge`).
 
     app = create_server(engine, ApiLimits())
     app = gradio.mount_gradio_app(app, blocks, path="/")   # after the API routes, so /v1/* stays ours
-    serve(app, port=7860)                                  # 127.0.0.1 unless told otherwise
+    serve(app, ServeConfig(port=7860), on_shutdown=engine.close)   # 127.0.0.1 unless told otherwise
 
-Every error under /v1 is OpenAI's JSON shape (`ui.api.ApiError`), with a 4xx status and `param` naming the field.
-Bodies under /v1 are bounded before they are parsed: a declared Content-Length over the limit is refused at once, and
-a chunked body is counted as it arrives.
+Every error under /v1 is OpenAI's JSON shape (`ui.api.ApiError`), with a 4xx status and `param` naming the field, or a
+5xx with a short message: no traceback, server path or internal name reaches a client, and the log has one line per
+refused request with its id (and a traceback only for a bug of ours).
+
+On SIGTERM or SIGINT the server stops accepting connections and at once runs `on_shutdown` (which closes the engine:
+streams in flight end with an error, workers exit, shared memory is unlinked), while requests and streams get up to
+`ServeConfig.grace_s` to finish before they are cut.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from engine import Engine
 from ui.api import ApiError, ApiLimits, SpeechApi
+from ui.edge import API_PREFIX, REQUEST_ID_HEADER, Edge, EdgeLimits, log_error, request_id
+from ui.health import health_router
 
-__all__ = ["ApiLimits", "create_server", "serve"]
+__all__ = ["ApiLimits", "EdgeLimits", "ServeConfig", "Server", "create_server", "make_server", "serve"]
 
-log = logging.getLogger("voxtrace.api")
-API_PREFIX = "/v1/"
+log = logging.getLogger("voxtrace.http")
 
 
 def create_server(engine: Engine, limits: ApiLimits | None = None) -> FastAPI:
@@ -37,7 +51,7 @@ def create_server(engine: Engine, limits: ApiLimits | None = None) -> FastAPI:
     api = SpeechApi(engine, limits)
     app.state.api = api
     app.include_router(api.router)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, prefix=API_PREFIX)
+    app.include_router(health_router(engine))
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -45,79 +59,103 @@ def create_server(engine: Engine, limits: ApiLimits | None = None) -> FastAPI:
     return app
 
 
-def serve(app: ASGIApp, host: str = "127.0.0.1", port: int = 7860, log_level: str = "info") -> None:
-    """Run `app` with uvicorn until interrupted. Binds to loopback unless `host` says otherwise. uvicorn's own lines
-    say when the port is bound (or why not); no access log: the player's streams and Gradio's polls would flood it."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+@dataclass
+class ServeConfig:
+    """Where and how the app is served."""
+
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 7860  # 0: any free port (uvicorn's start-up line says which)
+    grace_s: float = 10.0  # after SIGTERM / SIGINT: how long requests and streams get before they are cut
+    close_margin_s: float = 5.0  # past the grace: how long closing may still take (killing workers) before we exit
+    edge: EdgeLimits = field(default_factory=EdgeLimits)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("grace_s", "close_margin_s"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {getattr(self, name)}")
 
 
-class BodyLimit:
-    """413 for a request body over `max_bytes` under `prefix`, before any of it is parsed (ASGI middleware).
+class Server(uvicorn.Server):
+    """uvicorn's server, which runs `on_shutdown` (once) as soon as its graceful shutdown begins, and says when it is
+    up (`up`, an event to wait on from another thread)."""
 
-    A refused body is still read and dropped, up to `DRAIN_FACTOR` times the limit, so the client (still sending)
-    gets the 413 rather than a connection reset; past that the connection is simply closed."""
+    def __init__(self, config: uvicorn.Config, serve: ServeConfig, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.serve_config, self.on_shutdown = serve, on_shutdown
+        self.up = threading.Event()  # set once start-up is over, bound or not (`started` says which)
+        self._closer: threading.Thread | None = None
+        self._lock = threading.Lock()
 
-    DRAIN_FACTOR = 4
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.up.set()
 
-    def __init__(self, app: ASGIApp, max_bytes: int, prefix: str) -> None:
-        self.app, self.max_bytes, self.prefix = app, max_bytes, prefix
+    def close_app(self) -> threading.Thread:
+        """Start `on_shutdown` in a thread of its own (the event loop goes on serving the streams it ends)."""
+        with self._lock:
+            if self._closer is None:
+                self._closer = threading.Thread(target=self.on_shutdown, name="on-shutdown", daemon=True)
+                self._closer.start()
+            return self._closer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and not declared.isdigit():
-            await _send(scope, send, ApiError(400, "the Content-Length header is not a number", code="invalid_value"))
-            return
-        # buffered (bounded), then replayed: a chunked body cannot slip past the limit either
-        body, size, more = bytearray(), 0, True
-        too_large = declared is not None and int(declared) > self.max_bytes
-        while more and size <= self.DRAIN_FACTOR * self.max_bytes:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away while sending
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            too_large = too_large or size > self.max_bytes
-            if not too_large:
-                body += chunk
-        if too_large:
-            shown = declared.decode() if declared is not None else f"at least {size}"
-            error = ApiError(
-                413,
-                f"the request body ({shown} bytes) is over the limit of {self.max_bytes} bytes",
-                code="request_too_large",
-            )
-            await _send(scope, send, error, {"Connection": "close"})
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: http.disconnect when the client goes away
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        bound = self.serve_config.grace_s + self.serve_config.close_margin_s
+        deadline = time.monotonic() + bound
+        closer = self.close_app()
+        await super().shutdown(sockets)  # stops accepting at once, then waits up to grace_s for connections
+        await asyncio.to_thread(closer.join, max(0.0, deadline - time.monotonic()))
+        if closer.is_alive():
+            log.warning("shutdown: closing the app did not finish within %.0f s; exiting anyway", bound)
 
 
-async def _send(scope: Scope, send: Send, error: ApiError, headers: dict[str, str] | None = None) -> None:
-    async def nothing() -> Message:
-        return {"type": "http.disconnect"}
+def make_server(app: ASGIApp, config: ServeConfig, on_shutdown: Callable[[], None] = lambda: None) -> Server:
+    """`app` behind the edge, as a uvicorn server. No access log: the player's streams and Gradio's polls would flood
+    it; each refused request has its own line."""
+    uv = uvicorn.Config(
+        Edge(app, config.edge),
+        host=config.host,
+        port=config.port,
+        log_config=log_config(config.log_level),
+        log_level=config.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=config.grace_s,
+    )
+    return Server(uv, config, on_shutdown)
 
-    await JSONResponse(error.body(), status_code=error.status, headers=headers)(scope, nothing, send)
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, with our `voxtrace.*` lines (one per refused request) printed the same way as its own."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["voxtrace"] = {"handlers": ["default"], "level": level.upper()}
+    return config
 
 
-def _json(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+def serve(app: ASGIApp, config: ServeConfig, on_shutdown: Callable[[], None] = lambda: None) -> None:
+    """Serve `app` until SIGTERM or SIGINT; `on_shutdown` runs once, also when the server fails to start. uvicorn's
+    own lines say when the port is bound (or why not)."""
+    server = make_server(app, config, on_shutdown)
+    try:
+        server.run()
+    finally:
+        server.close_app().join(config.grace_s + config.close_margin_s)
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+def _json(error: ApiError, request: Request) -> Response:
+    headers = {**error.headers, REQUEST_ID_HEADER: request_id(request.scope)}
+    return Response(error.content(), status_code=error.status, headers=headers, media_type="application/json")
+
+
+def _refused(error: ApiError, request: Request) -> Response:
+    log_error(request.scope, error.status, error.for_log())
+    return _json(error, request)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return _json(exc)
+    return _refused(exc, request)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -141,16 +179,20 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         message = f"the body must be a JSON object: {first['msg']}"
     else:
         message = f"{param}: {first['msg']}"
-    return _json(ApiError(400, message, param, kind or "invalid_value"))
+    return _refused(ApiError(400, message, param, kind or "invalid_value"), request)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if not request.url.path.startswith(API_PREFIX):
         return await http_exception_handler(request, exc)
-    return _json(ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None))
+    code = "not_found" if exc.status_code == 404 else None
+    return _refused(ApiError(exc.status_code, str(exc.detail), code=code), request)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s", request.url.path)
-    return _json(ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error", kind="server_error"))
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    """A bug of ours: its traceback goes to the log, once; the client gets a bare 500 and the request id."""
+    log.error("%s: unexpected error on %r", request_id(request.scope), request.url.path, exc_info=exc)
+    if not request.url.path.startswith(API_PREFIX):
+        return PlainTextResponse("Internal Server Error", status_code=500)
+    return _json(ApiError(500, "internal error", code="internal_error", kind="server_error"), request)

@@ -1,17 +1,15 @@
-"""The OpenAI-compatible speech API against a real server: uvicorn on 127.0.0.1 serving a real engine on the tiny
-checkpoints, called with the `openai` client and with raw HTTP."""
+"""The OpenAI-compatible speech API against a real server: the production stack (the edge, uvicorn) on 127.0.0.1
+serving a real engine on the tiny checkpoints, called with the `openai` client and with raw HTTP."""
 
 from __future__ import annotations
 
 import base64
-import inspect
 import io
 import json
-import socket
-import threading
+import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from http.client import HTTPConnection
 from typing import Any
 
 import httpx
@@ -19,13 +17,12 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-import uvicorn
-from fastapi import FastAPI
 
 from engine import Engine, EngineConfig
 from engine.config import LimitsConfig
 from tests.conftest import voice_like_clip
-from ui.server import ApiLimits, create_server, serve
+from tests.ui.live_server import Live, serving
+from ui.server import ApiLimits, EdgeLimits, ServeConfig, create_server
 
 REF_TEXT = "This is the reference clip."
 SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
@@ -33,61 +30,31 @@ BODY_LIMIT = 1 << 20
 IN_FLIGHT_LIMIT = 2
 MAX_REF_SECONDS = 5.0
 MAX_TEXT_CHARS = 300
-
-
-@dataclass
-class Live:
-    """A server running in a thread, and what the tests look at behind it."""
-
-    url: str
-    engine: Engine
-    app: FastAPI
-
-    @property
-    def in_flight(self) -> int:
-        return self.app.state.api.gate.in_flight
-
-    def wait_idle(self, timeout: float = 10.0) -> float:
-        """Seconds until no request is left in the API or the talker (fails past `timeout`)."""
-        start = time.monotonic()
-        while self.in_flight or self.engine._stages["talker"].in_flight():
-            assert time.monotonic() - start < timeout, "the server did not free the request"
-            time.sleep(0.01)
-        return time.monotonic() - start
-
-
-def run_server(engine: Engine, limits: ApiLimits) -> Iterator[Live]:
-    """uvicorn in a daemon thread on a socket bound here (port 0: no race for a free port); stopped cleanly."""
-    app = create_server(engine, limits)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield Live(f"http://127.0.0.1:{sock.getsockname()[1]}", engine, app)
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        engine.close()
+MAX_INSTRUCT_CHARS = 100
+MAX_REF_TEXT_CHARS = 200
+MAX_NEW_TOKENS = 3000
 
 
 # Engines are module-scoped because each start costs seconds; the limits are small so the tests can reach them.
 @pytest.fixture(scope="module")
 def base(checkpoints) -> Iterator[Live]:
-    limits = LimitsConfig(max_ref_seconds=MAX_REF_SECONDS, max_text_chars=MAX_TEXT_CHARS)
-    engine = Engine(EngineConfig(model=str(checkpoints["base"]), limits=limits))
-    yield from run_server(engine, ApiLimits(max_body_bytes=BODY_LIMIT, max_in_flight=IN_FLIGHT_LIMIT))
+    limits = LimitsConfig(
+        max_ref_seconds=MAX_REF_SECONDS,
+        max_text_chars=MAX_TEXT_CHARS,
+        max_instruct_chars=MAX_INSTRUCT_CHARS,
+        max_ref_text_chars=MAX_REF_TEXT_CHARS,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    with Engine(EngineConfig(model=str(checkpoints["base"]), limits=limits)) as engine:
+        app = create_server(engine, ApiLimits(max_in_flight=IN_FLIGHT_LIMIT))
+        with serving(app, EdgeLimits(api_body_bytes=BODY_LIMIT)) as live:
+            yield live
 
 
 @pytest.fixture(scope="module")
 def custom(checkpoints) -> Iterator[Live]:
-    yield from run_server(Engine(EngineConfig(model=str(checkpoints["custom_voice"]))), ApiLimits())
+    with Engine(EngineConfig(model=str(checkpoints["custom_voice"]))) as engine, serving(create_server(engine)) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +86,8 @@ def test_the_openai_client_gets_a_wav_file(base: Live) -> None:
     client = openai.OpenAI(base_url=base.url + "/v1", api_key="unused")
     model = client.models.list().data[0].id
     extra = {"ref_audio": REF_B64, "ref_text": REF_TEXT, "language": "English", "max_new_tokens": 12, "seed": 3}
-    audio = client.audio.speech.create(
-        model=model, voice="unused", input="Hello from the OpenAI client.", response_format="wav", extra_body=extra
+    audio = client.audio.speech.create(  # the client needs a voice; voice_clone takes its voice from ref_audio
+        model=model, voice="", input="Hello from the OpenAI client.", response_format="wav", extra_body=extra
     )
     samples, rate = sf.read(io.BytesIO(audio.content), dtype="int16")
     frames = int(audio.response.headers["x-voxtrace-frames"])
@@ -137,7 +104,7 @@ def test_the_openai_client_streams_the_same_pcm_as_one_file(base: Live, http: ht
     extra["stream"] = True  # vLLM-Omni's field; OpenAI's own API streams every response
     pieces = []
     with client.audio.speech.with_streaming_response.create(
-        model="base", voice="unused", input="Streaming from the OpenAI client.", response_format="pcm", extra_body=extra
+        model="base", voice="", input="Streaming from the OpenAI client.", response_format="pcm", extra_body=extra
     ) as response:
         assert response.headers["transfer-encoding"] == "chunked"
         pieces = list(response.iter_bytes())
@@ -264,11 +231,13 @@ def test_a_custom_voice_speaker_with_instructions(custom: Live) -> None:
         assert clip.status_code == 400 and clip.json()["error"]["param"] == "ref_audio"
 
 
-def test_models_lists_the_loaded_checkpoint(base: Live, http: httpx.Client) -> None:
-    listing = http.get("/models").json()
+def test_models_lists_the_loaded_checkpoint_by_name_never_by_path(base: Live, http: httpx.Client) -> None:
+    response = http.get("/models")
+    listing = response.json()
     assert listing["object"] == "list" and len(listing["data"]) == 1
     entry = listing["data"][0]
-    assert entry["id"] == "base" and entry["object"] == "model" and entry["root"] == base.engine.checkpoint
+    assert entry["id"] == entry["root"] == "base" and entry["object"] == "model"
+    assert str(base.engine.checkpoint) not in response.text and "/" not in json.dumps(entry)
     assert entry["task_type"] == "voice_clone" and "english" in entry["languages"] and entry["speakers"] == []
     assert entry["sample_rate"] == 24000 and entry["response_formats"] == ["wav", "pcm", "flac"]
 
@@ -302,18 +271,98 @@ REFUSED = {
     "max_new_tokens 0": ({"max_new_tokens": 0}, 400, "max_new_tokens"),
     "top_p over 1": ({"top_p": 1.5}, 400, "top_p"),
     "a negative seed": ({"seed": -1}, 400, "seed"),
+    # JSON's \ud800 escape decodes to a lone surrogate, which no tokenizer (nor UTF-8) takes
+    "a lone surrogate in input": ({"input": "Hello \ud800"}, 400, "input"),
+    "a lone surrogate in ref_text": ({"ref_text": "\udfff"}, 400, "ref_text"),
+    "a lone surrogate in language": ({"language": "\ud800"}, 400, "language"),
+    "ref_text over the engine's limit": ({"ref_text": "a" * 500_000}, 400, "ref_text"),
+    "instructions over the engine's limit": ({"instructions": "a" * (MAX_INSTRUCT_CHARS + 1)}, 400, "instructions"),
+    # strict types: a bool is not a number, a float not a whole number, a number not a bool
+    "seed true": ({"seed": True}, 400, "seed"),
+    "a fractional-looking seed": ({"seed": 7.0}, 400, "seed"),
+    "max_new_tokens 1e9": ({"max_new_tokens": 1e9}, 400, "max_new_tokens"),
+    "max_new_tokens over the engine's limit": ({"max_new_tokens": 10**9}, 400, "max_new_tokens"),
+    "stream as text": ({"stream": "yes"}, 400, "stream"),
+    "x_vector_only_mode as 1": ({"x_vector_only_mode": 1}, 400, "x_vector_only_mode"),
+    # finite and in range
+    "temperature 1e308": ({"temperature": 1e308}, 400, "temperature"),
+    "temperature Infinity": ({"temperature": float("inf")}, 400, "temperature"),
+    "temperature NaN": ({"temperature": float("nan")}, 400, "temperature"),
+    "repetition_penalty 1e-300": ({"repetition_penalty": 1e-300}, 400, "repetition_penalty"),
+    "top_k past any vocabulary": ({"top_k": 10**12}, 400, "top_k"),
+    # voice_clone takes its voice from the clip: a voice name is not silently dropped
+    "a voice name for voice_clone": ({"voice": "alloy"}, 400, "voice"),
+    "a voice object for voice_clone": ({"voice": {"id": "alloy"}}, 400, "voice"),
 }
+
+
+def post_json(client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
+    """The body as Python's json writes it: lone surrogates as \\u escapes, Infinity and NaN as JavaScript's."""
+    return client.post("/audio/speech", content=json.dumps(body), headers={"content-type": "application/json"})
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
 def test_a_bad_request_names_its_field(case: str, http: httpx.Client) -> None:
     fields, status, param = REFUSED[case]
     body = {k: v for k, v in clone(**fields).items() if v is not None}
-    response = http.post("/audio/speech", json=body)
+    response = post_json(http, body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
-    assert error["message"].startswith(param)
+    assert error["message"].startswith(param) and len(error["message"]) < 300
+    assert response.headers["x-voxtrace-request-id"]
+
+
+def test_a_limit_is_named_when_a_request_is_past_it(http: httpx.Client) -> None:
+    error = post_json(http, clone(max_new_tokens=MAX_NEW_TOKENS + 1)).json()["error"]
+    assert error["param"] == "max_new_tokens" and str(MAX_NEW_TOKENS) in error["message"]
+    error = post_json(http, clone(ref_text="a" * (MAX_REF_TEXT_CHARS + 1))).json()["error"]
+    assert error["param"] == "ref_text" and str(MAX_REF_TEXT_CHARS) in error["message"]
+
+
+def test_a_lone_surrogate_leaves_the_connection_serving(base: Live) -> None:
+    """One keep-alive connection: the refusal is an answer, not a dropped connection."""
+    conn = HTTPConnection("127.0.0.1", base.port, timeout=60)
+    try:
+        body = json.dumps(clone(input="\ud800"))
+        conn.request("POST", "/v1/audio/speech", body, {"content-type": "application/json"})
+        refused = conn.getresponse()
+        assert refused.status == 400 and json.loads(refused.read())["error"]["param"] == "input"
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def test_a_refused_request_leaves_one_log_line_with_its_id(
+    http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="voxtrace"):
+        response = http.post("/audio/speech", json=clone(language="Klingon"))
+    assert response.status_code == 400
+    rid = response.headers["x-voxtrace-request-id"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and rid in lines[0] and "400" in lines[0] and "language" in lines[0]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_bug_of_ours_is_a_bare_500_with_one_traceback_in_the_log(
+    base: Live, http: httpx.Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("/srv/voxtrace/secret.py went wrong")
+
+    monkeypatch.setattr("ui.api.encode", broken)
+    with caplog.at_level(logging.INFO):
+        response = http.post("/audio/speech", json=clone(max_new_tokens=3))
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"message": "internal error", "type": "server_error", "param": None, "code": "internal_error"}
+    }
+    rid = response.headers["x-voxtrace-request-id"]
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and rid in tracebacks[0].getMessage()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("uvicorn")] == []
 
 
 def test_a_body_that_is_not_json_is_refused(http: httpx.Client) -> None:
@@ -340,8 +389,9 @@ def test_an_unknown_route_answers_in_the_error_shape(http: httpx.Client) -> None
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
-def test_the_server_binds_to_loopback_unless_told() -> None:
-    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+def test_the_server_binds_to_loopback_and_answers_loopback_names_unless_told() -> None:
+    assert ServeConfig().host == "127.0.0.1"
+    assert ServeConfig().edge.allowed_hosts == ("127.0.0.1", "localhost", "[::1]")
 
 
 if __name__ == "__main__":
