@@ -79,10 +79,9 @@ class Restarter:
                         self.state = StageState.UP
                         log.warning("%s stage: a new worker is up (attempt %d)", name, attempt)
                         return
-            left = deadline - time.monotonic()
             if self._stopped.is_set():
                 return
-            if left <= 0:
+            if deadline - time.monotonic() <= wait_s:  # the next attempt would start past the deadline
                 with self._lock:
                     self.state = StageState.DOWN
                 log.error(
@@ -95,6 +94,6 @@ class Restarter:
                 )
                 return
             log.warning("%s stage: restart attempt %d failed (%s); next in %.1f s", name, attempt, error, wait_s)
-            if self._stopped.wait(min(wait_s, left)):
+            if self._stopped.wait(wait_s):
                 return
             wait_s *= 2

@@ -19,6 +19,7 @@ import torch
 from engine.model.sampling import SamplingParams
 from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, TransportError, codec, make_executor
 from engine.runtime.codec import RING_PREFIX, Receiver, Sender, ShmRing
+from engine.runtime.restarter import Restarter, RestartPolicy, StageState
 from engine.stages.base import Stage
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, StageInput, StageOutput, TalkerJob
 from profiling import events as ev
@@ -27,15 +28,15 @@ from profiling.events import Recorder, get_recorder
 
 class Doubler:
     """A fake Code2Wav: holds a request's chunks until its last one arrives, then emits one AudioOut per step
-    (samples = codes * 2 as float). Request "boom" raises in its step; request "stuck" blocks its step until `gate`
-    (a multiprocessing Event, so that it reaches a worker) is set."""
+    (samples = codes * 2 as float). Request "boom" raises in its step; request "stuck" sets `stuck` and then blocks
+    its step until `release` is set (multiprocessing Events, so that they reach a worker)."""
 
     name = "fake"
 
-    def __init__(self, gate=None) -> None:
+    def __init__(self, stuck=None, release=None) -> None:
         self.held: dict[str, list[CodeChunk]] = {}
         self.ready: deque[CodeChunk] = deque()
-        self.gate = gate
+        self.stuck, self.release = stuck, release
 
     def submit(self, message: StageInput) -> None:
         if isinstance(message, Cancel):
@@ -53,7 +54,8 @@ class Doubler:
         if c.request_id == "boom":
             raise RuntimeError("the stage broke on purpose")
         if c.request_id == "stuck":
-            self.gate.wait()
+            self.stuck.set()
+            self.release.wait()
         samples = c.codes.float().flatten() * 2
         return [AudioOut(c.request_id, c.index, samples, frames=c.codes.shape[0], is_last=c.is_last)]
 
@@ -238,8 +240,8 @@ def test_an_idle_worker_uses_no_cpu_and_close_leaves_nothing_behind():
 
 def test_a_killed_worker_is_reported_with_its_requests_and_restarted(monkeypatch):
     outs = Outputs()
-    gate = get_context("spawn").Event()  # never set: the "stuck" request holds the worker in its step
-    ex = MpExecutor(functools.partial(Doubler, gate), outs, "fake", on_death=outs.died, ring_bytes=1 << 20)
+    stuck, release = get_context("spawn").Event(), get_context("spawn").Event()  # released never
+    ex = MpExecutor(functools.partial(Doubler, stuck, release), outs, "fake", on_death=outs.died, ring_bytes=1 << 20)
     ex.start()
     writer_waits = signal_when_a_writer_waits(monkeypatch)
     try:
@@ -248,6 +250,7 @@ def test_a_killed_worker_is_reported_with_its_requests_and_restarted(monkeypatch
         ex.submit(CodeChunk("done", 0, small, is_last=True))
         outs.wait(lambda: len(outs.items) == 1)
         ex.submit(CodeChunk("stuck", 0, small, is_last=True))  # the worker stays in this step ...
+        assert stuck.wait(60)  # (and reads no more input meanwhile)
         errors: list[Exception] = []
 
         def fill() -> None:  # ... so its 1 MiB input ring fills and the fourth chunk waits for space
@@ -297,6 +300,46 @@ def test_a_factory_that_raises_fails_start_with_its_message(kind):
         ex.start()
     assert not ex.alive
     ex.close()
+
+
+class FlakyExecutor:
+    """Just what a Restarter drives: `restart` fails `failures` times, then brings the stage up."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.attempts, self.alive = failures, [], True
+
+    def restart(self, timeout_s: float | None = None) -> None:
+        self.attempts.append(timeout_s)
+        if len(self.attempts) <= self.failures:
+            raise ExecutorError(f"flaky worker failed to start (attempt {len(self.attempts)})")
+        self.alive = True
+
+
+def test_a_restart_is_retried_with_backoff_until_a_worker_is_up():
+    executor = FlakyExecutor(failures=3)
+    restarter = Restarter(executor, RestartPolicy(backoff_s=0.01, max_s=600))
+    executor.alive = False
+    restarter.dead()
+    assert restarter.state is StageState.RESTARTING and not restarter.up
+    restarter.dead()  # a second report of the same death starts nothing more
+    restarter.join(60)
+    assert restarter.state is StageState.UP and restarter.up
+    assert len(executor.attempts) == 4 and all(0 < t <= 600 for t in executor.attempts)  # each bounded by what is left
+
+
+def test_restarts_give_up_once_their_time_is_spent_and_say_so_once(caplog):
+    executor = FlakyExecutor(failures=10**6)
+    restarter = Restarter(executor, RestartPolicy(backoff_s=0.01, max_s=0.2))
+    executor.alive = False
+    restarter.dead()
+    restarter.join(60)
+    assert restarter.state is StageState.DOWN and not restarter.up
+    restarter.dead()  # down is for good
+    assert restarter.state is StageState.DOWN
+    gave_up = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(gave_up) == 1 and "flaky stage: no worker after" in gave_up[0] and "stays down" in gave_up[0]
 
 
 def _exit_slowly_with_pipes_closed() -> Stage:
