@@ -82,10 +82,14 @@ def tune(
     knobs = {k.key: k.signals for k in (*KNOBS, *CLIENT_KNOBS)}
     evidence = explain(result, knobs, check)
     report = TuneReport(workload.name, result, check, evidence, None, dict(meta or {}))
-    if base is not None and rec is not None:
+    final = report.recommended
+    if rec is not None and final is not rec:
+        rec.notes.append("not confirmed by the verification")
+        result.default.notes.append("recommended: the search's pick was not confirmed")
+    if base is not None and final is not None:
         header = [f"Voxtrace tune: the recommended config for the workload {workload.name!r}.", report.verdict(), ""]
         header += [e.sentence for e in evidence]
-        report.config_yaml = config_yaml(apply(base, rec.values), "\n".join(textwrap.fill(h, 116) for h in header))
+        report.config_yaml = config_yaml(apply(base, final.values), "\n".join(textwrap.fill(h, 116) for h in header))
     return report
 
 

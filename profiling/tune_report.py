@@ -46,6 +46,14 @@ class TuneReport:
     config_yaml: str | None  # the recommendation as an engine config (None: no recommendation, or a remote server)
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def recommended(self) -> Candidate | None:
+        """The search's pick when the verification confirmed it (a gain outside the noise), else the default: a
+        change that does not beat no change is not worth making."""
+        r, v = self.result, self.verification
+        confirmed = v is None or (v.gain > 0 and not v.within_noise)
+        return r.recommended if r.recommended is not None and confirmed else r.default if r.recommended else None
+
     def rows(self) -> list[dict[str, Any]]:
         r = self.result
         return candidate_rows(r.candidates, r.objective, r.slo, r.noise)
@@ -57,7 +65,7 @@ class TuneReport:
         noise = (
             f"run-to-run noise ±{100 * r.relative_noise:.0f}%"
             if r.relative_noise == r.relative_noise
-            else ("noise unknown (nothing was repeated)")
+            else "noise unknown (nothing was repeated: give it a larger budget)"
         )
         head = (
             f"{len(r.candidates)} candidates, {r.spent_s:.0f} s of a {r.budget_s:.0f} s budget ({r.stopped}); {noise}."
@@ -72,7 +80,7 @@ class TuneReport:
         s = r.summary(rec, r.compared_at) or r.summary(rec)
         assert s is not None
         text = (
-            f"{head} Recommended {rec.id} ({rec.label}): audio-s/s {s.audio_s_per_s:.3g}, TTFA p99 "
+            f"{head} The search picked {rec.id} ({rec.label}): audio-s/s {s.audio_s_per_s:.3g}, TTFA p99 "
             f"{1e3 * s.ttfa_p99_s:.0f} ms, underrun p99 {1e3 * s.underrun_p99_s:.0f} ms at {s.n_requests} "
             f"requests, for {OBJECTIVES[r.objective]}."
         )
@@ -86,11 +94,13 @@ class TuneReport:
                 f" Verified in alternating runs against the default ({v.default.repeats} each, "
                 f"{v.default.n_requests} requests): {100 * v.gain:+.0f}% on the objective, {what}."
             )
+            if self.recommended is r.default:
+                text += " Not confirmed, so the default stays the recommendation (recommended.yaml is the default)."
         return text
 
     def figure(self) -> go.Figure:
         r = self.result
-        return pareto_figure(r.candidates, r.objective, r.slo, r.recommended, r.default)
+        return pareto_figure(r.candidates, r.objective, r.slo, self.recommended, r.default)
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result
@@ -99,7 +109,8 @@ class TuneReport:
             "objective": r.objective,
             "slo": asdict(r.slo),
             "verdict": self.verdict(),
-            "recommended": r.recommended.id if r.recommended else None,
+            "recommended": self.recommended.id if self.recommended else None,
+            "search_pick": r.recommended.id if r.recommended else None,
             "tied": [c.id for c in r.tied],
             "compared_at_requests": r.compared_at,
             "relative_noise": r.relative_noise,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -55,3 +56,11 @@ def test_a_changed_knob_has_a_sentence_of_evidence() -> None:
 def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes() -> None:
     points = [(100.0, 5.0), (120.0, 4.0), (150.0, 8.0), (90.0, 3.0), (200.0, 7.0)]
     assert _front(points) == [(90.0, 3.0), (100.0, 5.0), (150.0, 8.0)]
+
+
+def test_a_pick_the_verification_does_not_confirm_leaves_the_default_recommended() -> None:
+    r = report(Slo())
+    assert r.verification is not None and r.recommended is r.result.recommended  # +20%, outside the noise
+    r.verification = dataclasses.replace(r.verification, gain=-0.05, within_noise=True)
+    assert r.recommended is r.result.default
+    assert "Not confirmed, so the default stays the recommendation" in r.verdict()

@@ -140,7 +140,7 @@ async def run_tune(
         raise gr.Error(f"tune: {exc}") from exc
     paths = report.write(run_dir)
     files = [str(paths[k]) for k in ("yaml", "html", "json", "csv") if k in paths]
-    rec = report.result.recommended
+    rec = report.recommended
     manager.add_run(
         RunRecord(
             run_id,
