@@ -58,7 +58,7 @@ class SpeechRequest:
     non_streaming_mode: bool | None = None  # None: the official default of the task
     sampling: SamplingParams | None = None  # None: the checkpoint's generation_config.json
     seed: int | None = None  # None with sampling: the engine picks one and reports it on every chunk
-    max_new_tokens: int | None = None  # None: the sampling settings' limit, capped by the engine's
+    max_new_tokens: int | None = None  # above the engine's limit: refused; None: the sampling settings', capped by it
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
@@ -90,10 +90,10 @@ def check_request(request: SpeechRequest, limits: LimitsConfig) -> None:
     if not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
         raise RequestError("request_id", f"must be text of 1 to {MAX_REQUEST_ID_CHARS} characters")
     _check_text("input", request.text, limits.max_text_chars)
-    for name, value in (("task", request.task), ("language", request.language), ("voice", request.speaker)):
-        if value is not None or name == "language":
-            _check_text(name, value, MAX_NAME_CHARS)
+    _check_text("language", request.language, MAX_NAME_CHARS)
     for name, value, limit in (
+        ("task", request.task, MAX_NAME_CHARS),
+        ("voice", request.speaker, MAX_NAME_CHARS),
         ("instructions", request.instruct, limits.max_instruct_chars),
         ("ref_text", request.ref_text, limits.max_ref_text_chars),
     ):
@@ -112,7 +112,7 @@ def check_request(request: SpeechRequest, limits: LimitsConfig) -> None:
         try:  # re-checked: the settings may have been changed after they were built
             dataclasses.replace(request.sampling)
         except SamplingError as exc:
-            raise RequestError(exc.field, str(exc).split(": ", 1)[1]) from None
+            raise RequestError(exc.field, exc.message) from None
     _check_whole("seed", request.seed, 0, MAX_SEED)
     _check_whole("max_new_tokens", request.max_new_tokens, 1, limits.max_new_tokens, "this engine's limit")
 
