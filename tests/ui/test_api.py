@@ -288,6 +288,7 @@ REFUSED = {
     "temperature 1e308": ({"temperature": 1e308}, 400, "temperature"),
     "temperature Infinity": ({"temperature": float("inf")}, 400, "temperature"),
     "temperature NaN": ({"temperature": float("nan")}, 400, "temperature"),
+    "temperature near 0 but not greedy": ({"temperature": 1e-4}, 400, "temperature"),
     "repetition_penalty 1e-300": ({"repetition_penalty": 1e-300}, 400, "repetition_penalty"),
     "top_k past any vocabulary": ({"top_k": 10**12}, 400, "top_k"),
     # voice_clone takes its voice from the clip: a voice name is not silently dropped
