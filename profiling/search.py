@@ -256,8 +256,9 @@ class Search:
 
     def _reserve(self, n: int) -> float:
         """The verification's share of the budget: two engines set up, `reserve_runs` runs of `n` requests (the
-        verification runs at the final comparison's size, never above the size being run now)."""
-        if not self.reserve_runs:
+        verification runs at the final comparison's size, never above the size being run now). None while no
+        candidate meets the SLOs: there would be nothing to verify."""
+        if not self.reserve_runs or not any(self._key(c, max(c.runs))[0] for c in self.candidates if c.runs):
             return 0.0
         setup = self._estimate(self.default, 0)
         return 2 * setup + self.reserve_runs * (self._estimate(self.default, n) - setup)

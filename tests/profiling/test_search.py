@@ -129,6 +129,13 @@ def test_the_search_leaves_room_in_the_budget_for_the_verification() -> None:
     assert sim.now <= 120
 
 
+def test_nothing_is_kept_back_for_a_verification_while_no_candidate_meets_the_slos() -> None:
+    sim = Simulated({(x,): (5.0 + x, 0.9) for x in range(4)})
+    result = search(sim, [{"x": x} for x in range(4)], budget_s=80, slo=Slo(ttfa_p99_s=0.5), reserve_runs=4).run()
+    assert result.recommended is None and sim.now <= 80
+    assert result.compared_at == 16  # the last two ran 16 requests: a reserve of 2 set-ups and 4 runs would not fit
+
+
 def test_a_config_that_cannot_run_is_marked_failed_and_the_search_goes_on() -> None:
     class Broken(Simulated):
         def measure(self, values: Values, n_requests: int) -> Measurement:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 import yaml
 
-from engine import Engine, EngineConfig
+from engine import EngineConfig
 from engine.config import ConfigError
 from profiling import tune
 from profiling.evaluate import EngineEvaluator
@@ -21,8 +18,9 @@ from profiling.events import ADMITTED, Timeline
 from profiling.search import Summary
 from profiling.space import KNOBS, apply, candidate_points, config_yaml, space
 from profiling.workload import Workload
-from ui.server import create_server
+from tests.profiling import test_bench
 
+server = test_bench.server  # the fixture: our HTTP server over a tiny engine, on a free loopback port
 WORKLOADS = sorted((Path(__file__).parents[2] / "configs" / "workloads").glob("*.yaml"))
 
 
@@ -150,21 +148,6 @@ def test_a_search_on_the_tiny_model_recommends_its_best_candidate_within_noise(t
     changed = [k for k in rec.values if rec.values[k] != result.default.values[k]]
     assert [e.knob for e in report.evidence] == changed  # one sentence per knob that differs from the default
     assert (report.verification is not None) == bool(changed)
-
-
-@pytest.fixture(scope="module")
-def server():
-    """Our HTTP server over a tiny engine, on a free loopback port, in a thread."""
-    with Engine(EngineConfig()) as engine:
-        srv = uvicorn.Server(uvicorn.Config(create_server(engine), host="127.0.0.1", port=0, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        while not srv.started:
-            assert thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-        srv.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_against_a_server_only_the_clients_concurrency_is_searched(server: str, tmp_path: Path) -> None:
