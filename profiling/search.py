@@ -103,22 +103,18 @@ class Summary:
 
     @classmethod
     def of(cls, objective: str, runs: Sequence[Measurement]) -> Summary:
-        def mean(name: str) -> float:
-            return statistics.fmean(getattr(m, name) for m in runs)
-
+        figures = ("audio_s_per_s", "ttfa_p99_s", "underrun_p99_s", "rtf_p99")
+        means = [statistics.fmean(getattr(m, name) for m in runs) for name in figures]
         scores = [score(objective, m) for m in runs]
-        keys = set().union(*(m.signals for m in runs))
+        keys = sorted(set().union(*(m.signals for m in runs)))
         return cls(
             runs[0].n_requests,
             len(runs),
-            mean("audio_s_per_s"),
-            mean("ttfa_p99_s"),
-            mean("underrun_p99_s"),
-            mean("rtf_p99"),
+            *means,
             sum(m.errors for m in runs),
             statistics.fmean(scores),
             max(scores) - min(scores) if len(runs) > 1 else math.nan,
-            {k: statistics.fmean(m.signals[k] for m in runs if k in m.signals) for k in sorted(keys)},
+            {k: statistics.fmean(m.signals[k] for m in runs if k in m.signals) for k in keys},
         )
 
 
@@ -144,7 +140,7 @@ class SearchResult:
     recommended: Candidate | None  # None: no candidate met the SLOs
     tied: list[Candidate]  # within noise of the recommendation at the final comparison
     compared_at: int  # requests per run of the final comparison
-    noise: dict[str, float]  # candidate id -> the noise its final comparison used (its spread, else the pooled one)
+    noise: dict[str, float]  # candidate id -> the noise of the final comparison (see Search.noise)
     relative_noise: float  # pooled spread / |score| of repeated runs (NaN when nothing was repeated)
     spent_s: float
     budget_s: float
@@ -264,11 +260,13 @@ class Search:
         return 2 * setup + self.reserve_runs * (self._estimate(self.default, n) - setup)
 
     def _resolve(self, alive: list[Candidate], n: int, keep: int) -> bool:
-        """Repeat the two candidates either side of the cut while they are within noise of each other."""
+        """Repeat the two candidates either side of the cut while they are within noise of each other; at the final
+        cut, until both have a spread of their own (a noise pooled from shorter runs is not trusted to pick)."""
         while keep < len(alive):
             ranked = self._rank(alive, n)
             a, b = ranked[keep - 1], ranked[keep]
-            if not self._within_noise(a, b, n):
+            unrepeated = keep == 1 and self._key(b, n)[0] and min(len(a.runs[n]), len(b.runs[n])) < 2
+            if not unrepeated and not self._within_noise(a, b, n):
                 return True
             todo = [c for c in (a, b) if len(c.runs[n]) < self.max_repeats]
             if not todo:

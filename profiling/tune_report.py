@@ -162,8 +162,8 @@ def candidate_rows(
     candidates: Sequence[Candidate], objective: str, slo: Slo, noise: Mapping[str, float] | None = None
 ) -> list[dict[str, Any]]:
     """One row per candidate, at the largest run size it reached; `spread`: max - min of the objective's score
-    over its repeats there (NaN with one run); `noise`: what the final comparison allowed for (its spread, else the
-    pooled relative spread times its score), NaN while the search runs."""
+    over its repeats there (NaN with one run); `noise`: what the final comparison allowed for (the larger of its
+    spread and the pooled relative spread times its score), NaN while the search runs."""
     rows = []
     for c in candidates:
         s = Summary.of(objective, c.runs[n]) if (n := c.largest()) is not None else None

@@ -88,11 +88,11 @@ def test_candidates_within_noise_are_repeated_and_reported_as_a_tie() -> None:
     assert result.relative_noise > 0
 
 
-def test_a_clear_winner_needs_one_repeat_to_know_the_noise_and_no_more() -> None:
+def test_a_clear_winner_needs_one_repeat_of_each_finalist_and_no_more() -> None:
     sim = Simulated({(0,): (10.0, 0.2), (1,): (14.0, 0.2)})
     result = search(sim, [{"x": 0}, {"x": 1}]).run()
     assert result.recommended is not None and result.recommended.values == {"x": 1} and not result.tied
-    assert [n for _, n in sim.calls] == [8, 8, 16, 16, 16]  # one repeat gives the spread: 14 vs 10 is far outside
+    assert [n for _, n in sim.calls] == [8, 8] + [16] * 4  # a spread of its own for each: 14 vs 10 is far outside it
 
 
 def test_a_candidate_that_breaks_an_slo_is_marked_and_never_recommended() -> None:
