@@ -52,3 +52,11 @@ def test_a_tune_from_the_page_fills_the_chart_in_and_ends_with_the_config(manage
 def test_a_bad_workload_is_refused_with_the_key_named(manager: EngineManager) -> None:
     with pytest.raises(tune_view.gr.Error, match="arrival.concurency"):
         asyncio.run(collect(manager, "arrival: {concurency: 2}"))
+
+
+def test_the_view_builds_with_the_shipped_workloads_to_choose_from(manager: EngineManager) -> None:
+    with tune_view.gr.Blocks() as blocks:
+        tune_view.build(manager)
+    dropdowns = [b for b in blocks.blocks.values() if isinstance(b, tune_view.gr.Dropdown)]
+    workloads = next(d for d in dropdowns if d.label == "workload (configs/workloads/)")
+    assert {"prompt-set-c1.yaml", "prompt-set-c8.yaml", "prompt-set-c32.yaml"} <= {c[0] for c in workloads.choices}
