@@ -13,7 +13,7 @@ import gradio as gr
 
 from engine import EngineConfig, RequestError, SpeechRequest
 from engine.config import ChunkingConfig, ConfigError
-from engine.model.sampling import SamplingParams
+from engine.model.sampling import SamplingError, SamplingParams
 from engine.request import EngineError
 from ui.lab import LabUnavailable
 from ui.player import PLAYER_JS, PLAYER_TEMPLATE
@@ -99,10 +99,9 @@ def build_request(
             subtalker_temperature=temperature,
             subtalker_top_k=int(top_k),
             subtalker_top_p=top_p,
-            max_new_tokens=int(max_new_tokens),
         )
-    except ValueError as exc:
-        raise RequestError("sampling", str(exc)) from exc
+    except SamplingError as exc:
+        raise RequestError(exc.field, exc.message) from exc
     return SpeechRequest(
         text=text,
         task=task,
@@ -114,6 +113,7 @@ def build_request(
         x_vector_only=x_vector_only,
         sampling=sampling,
         seed=None if seed is None or seed < 0 else int(seed),
+        max_new_tokens=int(max_new_tokens),  # on the request, so one past the engine's limit is refused, not capped
     )
 
 
