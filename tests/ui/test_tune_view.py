@@ -60,3 +60,12 @@ def test_the_view_builds_with_the_shipped_workloads_to_choose_from(manager: Engi
     dropdowns = [b for b in blocks.blocks.values() if isinstance(b, tune_view.gr.Dropdown)]
     workloads = next(d for d in dropdowns if d.label == "workload (configs/workloads/)")
     assert {"prompt-set-c1.yaml", "prompt-set-c8.yaml", "prompt-set-c32.yaml"} <= {c[0] for c in workloads.choices}
+
+
+def test_a_budget_past_the_page_cap_is_refused_by_name(manager: EngineManager) -> None:
+    async def ask() -> list[tuple]:
+        name = next(iter(tune_view.preset_configs(manager)))
+        return [u async for u in tune_view.run_tune(manager, name, yaml.safe_dump(WORKLOAD), "5h", [], 4)]
+
+    with pytest.raises(tune_view.gr.Error, match="budget"):
+        asyncio.run(ask())

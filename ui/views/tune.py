@@ -27,6 +27,7 @@ from ui.lab import LabEngine
 from ui.state import CONFIG_DIR, EngineManager, RunRecord, describe, preset_configs
 
 WORKLOAD_DIR = CONFIG_DIR / "workloads"
+MAX_PAGE_BUDGET_S = 30 * 60.0  # a page's search holds the one lab engine: bounded, so it cannot hold it for hours
 
 
 def workload_files(folder: Path = WORKLOAD_DIR) -> dict[str, Path]:
@@ -91,6 +92,8 @@ async def run_tune(
         budget_s = parse_budget(budget)
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
+    if not 0 < budget_s <= MAX_PAGE_BUDGET_S:
+        raise gr.Error(f"budget: between 1s and {MAX_PAGE_BUDGET_S / 60:.0f}m on this page (the command has no cap)")
     base = presets[base_name]
     if base.model is None and workload.tiny_task:
         base = dataclasses.replace(base, tiny_task=workload.tiny_task)
