@@ -33,14 +33,14 @@ from engine.config import EngineConfig
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
-from engine.request import AudioChunk, EngineError, RequestError, SpeechRequest, check_request
+from engine.request import AudioChunk, EngineError, ModelInfo, RequestError, SpeechRequest, Task, check_request
 from engine.router import Router
 from engine.runtime import Executor, ExecutorError, TransportError, make_executor
 from engine.runtime.restarter import Restarter, RestartPolicy
 from engine.runtime.serial import SerialExecutor
 from engine.stages.factory import StageSpec, build_from_model, build_in_worker
 from engine.stages.messages import Credit, WarmPrefix
-from profiling.events import (
+from telemetry.events import (
     ADMITTED,
     AUDIO_CHUNK,
     ENGINE,
@@ -57,7 +57,7 @@ from profiling.events import (
 )
 
 if TYPE_CHECKING:
-    from profiling.trace import TorchCapture, TorchTrace
+    from telemetry.capture import TorchCapture, TorchTrace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,6 +88,15 @@ class Engine:
         self.model = Qwen3TTS.from_pretrained(checkpoint, device=config.device, dtype=dtype)
         # an `mp` stage loads its own weights: before its worker starts, this process lets go of them
         self.model.release(talker=config.talker.executor == "mp", decoder=config.code2wav.executor == "mp")
+        model = self.model
+        self.info = ModelInfo(
+            Task(model.task),
+            tuple(model.languages),
+            tuple(model.speakers),
+            model.sample_rate,
+            model.sampling_defaults,
+            tiny=config.model is None,
+        )
         self.prep = PromptPrep(self.model, config.limits, int(config.voice_cache_mb * 2**20))
         self._prep = SerialExecutor("prompt-prep")
         self.recorder = get_recorder()
@@ -245,7 +254,7 @@ class Engine:
         (TensorBoard's profiler plugin: logdir `run_dir`, run `tb`). Returns the tb folder."""
         from torch._C._profiler import _ExperimentalConfig
 
-        from profiling.trace import TorchCapture
+        from telemetry.capture import TorchCapture
 
         if self._capture is not None:
             raise EngineError("a torch.profiler capture is already running")

@@ -5,13 +5,32 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
 from engine.config import LimitsConfig
 from engine.model.sampling import SamplingError, SamplingParams
 
-TASKS = ("voice_clone", "custom_voice", "voice_design")
+
+class Task(StrEnum):
+    """What a request asks for. Each checkpoint type serves one task; `model_type` names it (the checkpoint's
+    `tts_model_type`, also the tiny builder's task). A `Task` is a `str`, so it goes wherever a task name went."""
+
+    VOICE_CLONE = "voice_clone"
+    CUSTOM_VOICE = "custom_voice"
+    VOICE_DESIGN = "voice_design"
+
+    @property
+    def model_type(self) -> str:
+        return "base" if self is Task.VOICE_CLONE else self.value
+
+    @classmethod
+    def of_model_type(cls, model_type: str) -> Task:
+        return next(task for task in cls if task.model_type == model_type)
+
+
+TASKS = tuple(Task)
 MAX_NAME_CHARS = 64  # task, language, speaker: names, echoed in errors
 MAX_REQUEST_ID_CHARS = 128
 MAX_SEED = 2**63 - 1
@@ -40,6 +59,18 @@ class StageUnavailable(EngineError):
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(message)
         self.stage = stage
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a front end may know of the loaded checkpoint (`Engine.info`): everything it offers and defaults to."""
+
+    task: Task
+    languages: tuple[str, ...]
+    speakers: tuple[str, ...]  # custom_voice: the checkpoint's speakers; else empty
+    sample_rate: int
+    sampling_defaults: SamplingParams  # the checkpoint's generation_config.json
+    tiny: bool  # the embedded random model: its audio is noise, its timings are real
 
 
 @dataclass

@@ -20,7 +20,7 @@ from engine.request import EngineBusy, EngineError, RequestError, StageUnavailab
 from engine.runtime import Executor, ExecutorError, PayloadTooLarge, TransportError
 from engine.runtime.restarter import Restarter, StageState
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput, TalkerJob
-from profiling.events import ENGINE, IN_FLIGHT, Recorder
+from telemetry.events import ENGINE, IN_FLIGHT, Recorder
 
 log = logging.getLogger(__name__)
 

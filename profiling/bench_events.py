@@ -9,7 +9,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from profiling.events import DECODE_STEP, FIRST_AUDIO, IN_FLIGHT, TALKER, Recorder, now_ns
+from telemetry.events import DECODE_STEP, FIRST_AUDIO, IN_FLIGHT, TALKER, Recorder, now_ns
 
 
 def _per_call_ns(fn: Callable[[Recorder, int], None], rec: Recorder, n: int) -> float:

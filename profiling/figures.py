@@ -13,7 +13,9 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from profiling.events import (
+from profiling.gpu_idle import IdleSplit
+from profiling.metrics import RequestBreakdown, RunMetrics
+from telemetry.events import (
     COUNTER,
     INSTANT,
     MILESTONES,
@@ -25,8 +27,6 @@ from profiling.events import (
     Event,
     Timeline,
 )
-from profiling.gpu_idle import IdleSplit
-from profiling.metrics import RequestBreakdown, RunMetrics
 
 BATCH_COLOR = "#9aa0a6"
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2

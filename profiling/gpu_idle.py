@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profiling.events import TRACK_ORDER
+from telemetry.events import TRACK_ORDER
 
 GPU_OP_CATS = frozenset({"kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset"})
 HOST_CALL_CATS = frozenset({"cuda_runtime", "cuda_driver", "runtime"})

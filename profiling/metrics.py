@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from profiling.events import (
+from telemetry.events import (
     ADMITTED,
     AUDIO_CHUNK,
     CODE2WAV,

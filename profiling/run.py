@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from engine import Engine, EngineError, RequestError, SpeechRequest
-from profiling.events import UTILIZATION, Event, EventBatch, Timeline, clock_name, merge_timelines, now_ns
 from profiling.gpu_idle import IdleSplit, idle_split
 from profiling.metrics import (
     IpcOverhead,
@@ -45,8 +44,10 @@ from profiling.metrics import (
     run_metrics,
     timeline_request_metrics,
 )
-from profiling.trace import TorchTrace, check_trace, chrome_trace, write_chrome_trace
+from profiling.trace import check_trace, chrome_trace, write_chrome_trace
 from profiling.utilization import CPU_PERCENT, GPU_BUSY_PERCENT, UtilizationSampler
+from telemetry.capture import TorchTrace
+from telemetry.events import UTILIZATION, Event, EventBatch, Timeline, clock_name, merge_timelines, now_ns
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from profiling import events as ev
 from profiling.metrics import RunMetrics
 from profiling.run import RunResult
+from telemetry import events as ev
 
 
 def run_signals(result: RunResult, metrics: RunMetrics | None = None) -> dict[str, float]:

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from profiling.events import now_ns
 from profiling.metrics import RequestMetrics, request_metrics
+from telemetry.events import now_ns
 
 SPEECH_PATH = "/v1/audio/speech"
 PCM_BYTES = 2  # int16

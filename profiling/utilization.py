@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from profiling.events import COUNTER, UTILIZATION, Event, EventBatch, now_ns
+from telemetry.events import COUNTER, UTILIZATION, Event, EventBatch, now_ns
 
 CPU_PERCENT = "cpu_percent"
 GPU_BUSY_PERCENT = "gpu_busy_percent"

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from engine.runtime.codec import RING_PREFIX
+from engine.runtime.transport import RING_PREFIX
 from tests.app_process import AppProcess
 from tests.ui.test_api import clone
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
-from profiling.events import Timeline
 from profiling.gpu_idle import IdleSplit
 from profiling.metrics import RequestBreakdown, RequestMetrics, RunMetrics
 from profiling.run import profile_run_async
 from profiling.sweep import Bench, sweep_engine
+from telemetry.events import Timeline
 
 OnChunk = Callable[[AudioChunk], None]
 

@@ -1,4 +1,6 @@
-"""Finding and reading a checkpoint in the official layout, from a local folder or the Hub.
+"""Finding and loading a checkpoint in the official layout, from a local folder or the Hub: its files, its module
+trees (`Qwen3TTSNetwork`: the talker and, for Base checkpoints, the speaker encoder, under the official state-dict
+names; the codec), and each part loaded strictly, so that a process loads only the part it runs.
 
 The layout (as released): config.json, generation_config.json, model.safetensors (or shards with
 model.safetensors.index.json), vocab.json + merges.txt, and speech_tokenizer/{config.json, model.safetensors,
@@ -14,8 +16,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
+from engine.model.codec import SpeechTokenizer
 from engine.model.config import Qwen3TTSConfig, SpeechTokenizerConfig
+from engine.model.speaker_encoder import SpeakerEncoder
+from engine.model.talker import Talker
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "speech_tokenizer/*"]
 
@@ -145,3 +151,39 @@ def cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
         owner, _, attr = name.rpartition(".")
         module.get_submodule(owner).register_buffer(attr, buf, persistent=False)
     return module
+
+
+class Qwen3TTSNetwork(nn.Module):
+    def __init__(self, config: Qwen3TTSConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.talker = Talker(config.talker_config)
+        # only Base checkpoints clone voices, and only they ship the ECAPA weights
+        self.speaker_encoder = (
+            SpeakerEncoder(config.speaker_encoder_config) if config.tts_model_type == "base" else None
+        )
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_network(files: CheckpointFiles, device: str | torch.device, dtype: torch.dtype | None) -> Qwen3TTSNetwork:
+    """The talker (+ speaker encoder) alone: what a talker worker process needs."""
+    device = torch.device(device)
+    with torch.device(device):
+        network = Qwen3TTSNetwork(files.config)
+    load_module(network, read_weights(files.weights), f"{files.root}/model.safetensors")
+    return cast_weights(network, dtype or default_dtype(device)).eval()
+
+
+def load_speech_tokenizer(
+    files: CheckpointFiles, device: str | torch.device, dtype: torch.dtype | None
+) -> SpeechTokenizer:
+    """The codec (encoder + Code2Wav): what a Code2Wav worker process needs. Built on the host and then moved, as the
+    official loader does: the Mimi encoder's RoPE frequencies (transformers' code) are computed at construction, and
+    a GPU's pow may round them differently from the CPU's."""
+    device = torch.device(device)
+    codec = SpeechTokenizer(files.speech_tokenizer_config)
+    load_module(codec, read_weights(files.speech_tokenizer_weights), f"{files.root}/speech_tokenizer")
+    return cast_weights(codec.to(device), dtype or default_dtype(device)).eval()

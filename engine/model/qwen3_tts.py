@@ -20,8 +20,7 @@ from engine.model.audio import ReferenceAudio
 from engine.model.codec import SpeechTokenizer
 from engine.model.config import Qwen3TTSConfig
 from engine.model.generate import generate_codes
-from engine.model.loading import CheckpointFiles, cast_weights, find_checkpoint, load_module, read_weights
-from engine.model.network import Qwen3TTSNetwork
+from engine.model.loading import CheckpointFiles, Qwen3TTSNetwork, find_checkpoint, load_network, load_speech_tokenizer
 from engine.model.prompt import (
     TalkerPrompt,
     custom_voice_prompt,
@@ -70,31 +69,6 @@ class SynthesisResult:
     codes: Tensor  # (frames, 16) int64, the generated frames only
     sample_rate: int
     seed: int | None
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def load_network(files: CheckpointFiles, device: str | torch.device, dtype: torch.dtype | None) -> Qwen3TTSNetwork:
-    """The talker (+ speaker encoder) alone: what a talker worker process needs."""
-    device = torch.device(device)
-    with torch.device(device):
-        network = Qwen3TTSNetwork(files.config)
-    load_module(network, read_weights(files.weights), f"{files.root}/model.safetensors")
-    return cast_weights(network, dtype or default_dtype(device)).eval()
-
-
-def load_speech_tokenizer(
-    files: CheckpointFiles, device: str | torch.device, dtype: torch.dtype | None
-) -> SpeechTokenizer:
-    """The codec (encoder + Code2Wav): what a Code2Wav worker process needs. Built on the host and then moved, as the
-    official loader does: the Mimi encoder's RoPE frequencies (transformers' code) are computed at construction, and
-    a GPU's pow may round them differently from the CPU's."""
-    device = torch.device(device)
-    codec = SpeechTokenizer(files.speech_tokenizer_config)
-    load_module(codec, read_weights(files.speech_tokenizer_weights), f"{files.root}/speech_tokenizer")
-    return cast_weights(codec.to(device), dtype or default_dtype(device)).eval()
 
 
 class Qwen3TTS:

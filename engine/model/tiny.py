@@ -23,7 +23,7 @@ from torch import nn
 
 from engine.model.codec import SpeechTokenizer
 from engine.model.config import Qwen3TTSConfig, SpeechTokenizerConfig
-from engine.model.network import Qwen3TTSNetwork
+from engine.model.loading import Qwen3TTSNetwork
 from engine.model.vocab import write_tokenizer_files
 
 RELEASE_CONFIGS = Path(__file__).parent / "release_configs"

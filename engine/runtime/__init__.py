@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.runtime.codec import DEFAULT_RING_BYTES, PayloadTooLarge, TransportError
 from engine.runtime.executor import Executor, ExecutorError, OnDeath, OnOutput, UniExecutor
+from engine.runtime.loop import StageFactory
 from engine.runtime.mp_executor import MpExecutor
-from engine.runtime.worker import StageFactory
+from engine.runtime.transport import DEFAULT_RING_BYTES, PayloadTooLarge, TransportError
 
 EXECUTOR_KINDS: dict[str, type[Executor]] = {"uni": UniExecutor, "mp": MpExecutor}
 

@@ -4,7 +4,7 @@
   Its transport events (HANDOFF, bytes=0: submit to pick-up) and the stage's own events land in the engine's
   recorder, so `drain_events()` returns an empty batch: drain the engine's recorder instead.
 - `MpExecutor`: a spawned worker process running the same loop, fed over pipes with headers and shared-memory rings
-  (`codec`). A receiver thread per worker blocks on the output pipe and the process sentinel: it delivers outputs
+  (`transport`). A receiver thread per worker blocks on the output pipe and the process sentinel: it delivers outputs
   and notices a death at once. `drain_events()` fetches the worker's recorded events.
 
 Both call `on_output` from their own thread (the stage thread, the receiver thread): it must not block for long,
@@ -28,11 +28,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from engine.runtime.codec import DEFAULT_RING_BYTES
-from engine.runtime.worker import STOP, StageFactory, stage_loop
+from engine.runtime.loop import STOP, StageFactory, stage_loop
+from engine.runtime.transport import DEFAULT_RING_BYTES
 from engine.stages.messages import Cancel, CodeChunk, Failed, StageInput, StageOutput, TalkerJob
-from profiling.events import HANDOFF, TRANSPORT, EventBatch, get_recorder, now_ns
-from profiling.trace import TorchTrace
+from telemetry.capture import TorchTrace
+from telemetry.events import HANDOFF, TRANSPORT, EventBatch, get_recorder, now_ns
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """`MpExecutor`: the stage loop in a spawned worker process, fed over pipes with small headers while tensors cross
-through two shared-memory rings (`codec`). A receiver thread per worker blocks on the output pipe and the process
+through two shared-memory rings (`transport`). A receiver thread per worker blocks on the output pipe and the process
 sentinel together: it delivers outputs as they come and sees a death at once (no polling).
 
 A worker's exit status is read only after the process is joined: its pipe reaches EOF, and its sentinel fires, a
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from engine.runtime.codec import Control, PeerGone, Receiver, Sender, ShmRing
 from engine.runtime.executor import DEFAULT_GRACE_S, Executor, ExecutorError
+from engine.runtime.transport import Control, PeerGone, Receiver, Sender, ShmRing
 from engine.runtime.worker import worker_main
 from engine.stages.messages import StageInput
-from profiling.events import EventBatch, get_recorder
-from profiling.trace import TorchTrace, torch_trace_from_dict
+from telemetry.capture import TorchTrace, torch_trace_from_dict
+from telemetry.events import EventBatch, get_recorder
 
 EXIT_WAIT_S = 10.0  # how long a worker that closed its pipe may take to exit before it is stopped by force
 KILL_WAIT_S = 2.0  # after SIGTERM, before SIGKILL

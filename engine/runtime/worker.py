@@ -1,37 +1,13 @@
-"""The stage loop, shared by both executors, and the worker process that runs it for `mp`.
-
-One loop: drain every pending input into the stage, step once if it has work, deliver the outputs; block on the
-inbox only when the stage has nothing to do, so an idle stage costs no CPU (no polling, no sleep).
-"""
+"""The `mp` worker process: builds its stage, says ready, then runs the stage loop (`runtime.loop`) on inputs read
+from its pipe and ring, serving control messages between two steps."""
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from engine.stages.base import Stage
-from engine.stages.messages import StageOutput
-
-STOP = object()  # what an inbox returns when the loop must end (a stop message, the engine gone)
-
-StageFactory = Callable[[], Stage]
-
-
-def stage_loop(stage: Stage, get: Callable[[bool], Any], emit: Callable[[StageOutput], None]) -> None:
-    """Run `stage` until `get` returns STOP. `get(block)` returns the next input, or None when not blocking and
-    nothing is pending; it blocks only when asked to, i.e. when the stage has no work."""
-    while True:
-        item = get(not stage.has_work())
-        while item is not None:
-            if item is STOP:
-                return
-            stage.submit(item)
-            item = get(False)
-        if stage.has_work():
-            for out in stage.step():
-                emit(out)
+from engine.runtime.loop import STOP, StageFactory, stage_loop
 
 
 def _profile_control(kind: str, fields: dict[str, Any], name: str, rec: Any, capture: dict[str, Any]) -> dict:
@@ -39,7 +15,7 @@ def _profile_control(kind: str, fields: dict[str, Any], name: str, rec: Any, cap
     into `tb_dir`), "!capture_stop" (-> the trace as a dict). The reply carries `error` when the control failed."""
     from dataclasses import asdict
 
-    from profiling.trace import TorchCapture
+    from telemetry.capture import TorchCapture
 
     try:
         if kind == "!recording":
@@ -75,8 +51,8 @@ def worker_main(
     `in_bell` is rung when input space is freed; `out_bell` is waited on when the output ring is full."""
     import torch
 
-    from engine.runtime.codec import Control, Receiver, Sender, ShmRing
-    from profiling.events import get_recorder, set_process_name
+    from engine.runtime.transport import Control, Receiver, Sender, ShmRing
+    from telemetry.events import get_recorder, set_process_name
 
     set_process_name(name)
     torch.set_num_threads(threads)

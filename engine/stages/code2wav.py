@@ -25,7 +25,7 @@ from torch import Tensor
 from engine.config import StageConfig
 from engine.model.codec import Code2Wav, DecoderState
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput, WarmPrefix
-from profiling import events
+from telemetry import events
 
 log = logging.getLogger(__name__)
 

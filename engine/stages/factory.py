@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import ChunkingConfig, StageConfig
-from engine.model.loading import find_checkpoint
-from engine.model.qwen3_tts import Qwen3TTS, load_network, load_speech_tokenizer
-from engine.stages.base import Stage
+from engine.model.loading import find_checkpoint, load_network, load_speech_tokenizer
+from engine.model.qwen3_tts import Qwen3TTS
 from engine.stages.code2wav import Code2WavStage
+from engine.stages.stage import Stage
 from engine.stages.talker import TalkerStage
 
 

@@ -41,7 +41,7 @@ from engine.model.sampling import SamplingParams
 from engine.model.talker import Talker
 from engine.stages.chunker import Chunker
 from engine.stages.messages import Cancel, Credit, Failed, StageInput, StageOutput, TalkerJob
-from profiling import events as ev
+from telemetry import events as ev
 
 log = logging.getLogger(__name__)
 

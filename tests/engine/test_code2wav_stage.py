@@ -12,7 +12,7 @@ from engine.model.prompt import icl_trim_start
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.stages.code2wav import Code2WavStage
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, WarmPrefix
-from profiling import events
+from telemetry import events
 
 SAMPLES_PER_FRAME = 1920
 ATOL = 1e-6  # float64 decoder, float32 output: only the final rounding differs

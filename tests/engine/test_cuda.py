@@ -30,7 +30,7 @@ from engine.prep import PromptPrep
 from engine.stages.code2wav import Code2WavStage
 from engine.stages.messages import CodeChunk
 from engine.stages.talker import TalkerStage
-from profiling import events
+from telemetry import events
 
 DEVICE = os.environ.get("VOXTRACE_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")

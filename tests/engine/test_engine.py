@@ -26,9 +26,9 @@ from engine.config import StageConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
-from engine.runtime.codec import RING_PREFIX
 from engine.runtime.restarter import StageState
-from profiling import events as ev
+from engine.runtime.transport import RING_PREFIX
+from telemetry import events as ev
 
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
 REF_TEXT = "This is the reference clip."

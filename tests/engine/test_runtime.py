@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from engine.model.sampling import SamplingParams
-from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, TransportError, codec, make_executor
-from engine.runtime.codec import RING_PREFIX, Receiver, Sender, ShmRing
+from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, TransportError, make_executor, transport
 from engine.runtime.restarter import Restarter, RestartPolicy, StageState
-from engine.stages.base import Stage
+from engine.runtime.transport import RING_PREFIX, Receiver, Sender, ShmRing
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, StageInput, StageOutput, TalkerJob
-from profiling import events as ev
-from profiling.events import Recorder, get_recorder
+from engine.stages.stage import Stage
+from telemetry import events as ev
+from telemetry.events import Recorder, get_recorder
 
 
 class Doubler:
@@ -91,15 +91,15 @@ class Outputs:
 
 
 def signal_when_a_writer_waits(monkeypatch) -> threading.Event:
-    """An event set when a Sender starts waiting for ring space (the codec's one blocking wait), so that a test can
+    """An event set when a Sender starts waiting for ring space (the transport's one blocking wait), so that a test can
     act once the writer is blocked, rather than after a sleep that hopes it is."""
-    waiting, real_wait = threading.Event(), codec.wait
+    waiting, real_wait = threading.Event(), transport.wait
 
     def wait(objects, timeout=None):
         waiting.set()
         return real_wait(objects, timeout)
 
-    monkeypatch.setattr(codec, "wait", wait)
+    monkeypatch.setattr(transport, "wait", wait)
     return waiting
 
 

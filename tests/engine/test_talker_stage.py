@@ -15,7 +15,7 @@ from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput, VoicePrompt
 from engine.model.sampling import SamplingParams
 from engine.stages.messages import Cancel, CodeChunk, Credit, Failed, TalkerJob
 from engine.stages.talker import TalkerStage
-from profiling import events
+from telemetry import events
 
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False, max_new_tokens=20)
 SEEDED = SamplingParams(max_new_tokens=20)  # the release's sampling settings

@@ -9,7 +9,7 @@ import torch
 
 from engine.model.codec import SpeechTokenizer
 from engine.model.config import Qwen3TTSConfig, SpeechTokenizerConfig
-from engine.model.network import Qwen3TTSNetwork
+from engine.model.loading import Qwen3TTSNetwork
 from engine.model.tiny import RELEASE_CONFIGS
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from profiling import events as ev
-from profiling.events import COUNTER, INSTANT, SPAN, Event, EventBatch, Timeline, merge_timelines
+from telemetry import events as ev
+from telemetry.events import COUNTER, INSTANT, SPAN, Event, EventBatch, Timeline, merge_timelines
 
 MS = 1_000_000  # ns
 

@@ -10,8 +10,8 @@ from multiprocessing.connection import Connection
 import numpy as np
 import pytest
 
-from profiling import events as ev
-from profiling.events import EventBatch, Recorder, Timeline, merge_timelines, now_ns
+from telemetry import events as ev
+from telemetry.events import EventBatch, Recorder, Timeline, merge_timelines, now_ns
 
 
 def test_span_instant_counter_are_recorded_with_their_fields():

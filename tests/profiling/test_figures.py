@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from profiling.events import Timeline
 from profiling.figures import concurrency_figure, overhead_figure, request_colors, timeline_figure, utilization_figure
 from profiling.metrics import request_breakdowns, request_metrics, run_metrics
+from telemetry.events import Timeline
 
 
 def test_timeline_has_a_lane_per_stage_and_process_and_a_colour_per_request(run: Timeline):

@@ -14,7 +14,7 @@ import torch
 
 from profiling.figures import overhead_figure
 from profiling.gpu_idle import OTHER, idle_split, main
-from profiling.trace import capture
+from telemetry.capture import capture
 
 HOST_PID = 4242
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from profiling.events import Timeline
 from profiling.metrics import (
     ipc_overhead,
     percentiles,
@@ -16,6 +15,7 @@ from profiling.metrics import (
     timeline_request_metrics,
     underrun,
 )
+from telemetry.events import Timeline
 
 RATE = 24000
 

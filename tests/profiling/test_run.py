@@ -12,11 +12,11 @@ import torch
 
 from engine import Engine, EngineConfig
 from engine.config import StageConfig
-from profiling import events as ev
-from profiling.events import SPAN, Timeline
 from profiling.prompts import PromptSet
 from profiling.run import RunResult, profile_run
 from profiling.trace import check_trace
+from telemetry import events as ev
+from telemetry.events import SPAN, Timeline
 
 FRAMES = 26  # 2 + 8 + 8 + 8: a stream of four chunks
 

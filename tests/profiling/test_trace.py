@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiling import events as ev
-from profiling.events import Recorder, Timeline, merge_timelines
-from profiling.trace import REQUESTS_PID, capture, check_trace, chrome_trace, write_chrome_trace
+from profiling.trace import REQUESTS_PID, check_trace, chrome_trace, write_chrome_trace
+from telemetry import events as ev
+from telemetry.capture import capture
+from telemetry.events import Recorder, Timeline, merge_timelines
 
 
 def test_trace_has_the_perfetto_fields_and_no_crossing_slices(run: Timeline, tmp_path: Path):

@@ -14,10 +14,10 @@ from engine import EngineConfig
 from engine.config import ConfigError
 from profiling import tune
 from profiling.evaluate import EngineEvaluator
-from profiling.events import ADMITTED, Timeline
 from profiling.search import Summary
 from profiling.space import KNOBS, apply, candidate_points, config_yaml, space
 from profiling.workload import Workload
+from telemetry.events import ADMITTED, Timeline
 from tests.profiling import test_bench
 
 server = test_bench.server  # the fixture: our HTTP server over a tiny engine, on a free loopback port

@@ -10,8 +10,8 @@ import types
 import pytest
 import torch
 
-from profiling.events import COUNTER, UTILIZATION, now_ns
 from profiling.utilization import CPU_PERCENT, GPU_BUSY_PERCENT, GPU_MEMORY_MB, UtilizationSampler
+from telemetry.events import COUNTER, UTILIZATION, now_ns
 
 
 def test_sampler_yields_cpu_samples_for_this_process():

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from engine.model.sampling import SamplingParams
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, TalkerJob, WarmPrefix
-from profiling.events import COPY, HANDOFF, SERIALIZE, TRANSPORT, WAIT, Recorder, now_ns
+from telemetry.events import COPY, HANDOFF, SERIALIZE, TRANSPORT, WAIT, Recorder, now_ns
 
 DEFAULT_RING_BYTES = 32 << 20
 RING_PREFIX = "voxtrace_ring_"  # /dev/shm/voxtrace_ring_<pid of the engine>_<random>
