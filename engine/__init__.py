@@ -19,6 +19,10 @@ _EXPORTS = {
     "RequestError": "engine.request",
     "SpeechRequest": "engine.request",
     "StageUnavailable": "engine.request",
+    "Task": "engine.request",
+    "ModelInfo": "engine.request",
+    "SamplingParams": "engine.model.sampling",
+    "SamplingError": "engine.model.sampling",
 }
 __all__ = sorted(_EXPORTS)
 
