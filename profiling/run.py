@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import Engine, EngineError, RequestError, SpeechRequest
+from engine import AudioChunk, Engine, EngineError, RequestError, SpeechRequest
 from profiling.gpu_idle import IdleSplit, idle_split
 from profiling.metrics import (
     IpcOverhead,
@@ -52,6 +52,7 @@ from telemetry.events import UTILIZATION, Event, EventBatch, Timeline, clock_nam
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (requests done, total)
+OnChunk = Callable[[AudioChunk], None]
 
 
 @dataclass
@@ -123,7 +124,9 @@ class RunResult:
         }
 
 
-async def _one(engine: Engine, request: SpeechRequest, slots: asyncio.Semaphore) -> tuple[int, list, str | None]:
+async def _one(
+    engine: Engine, request: SpeechRequest, slots: asyncio.Semaphore, on_chunk: OnChunk | None
+) -> tuple[int, list, str | None]:
     """(start, [(arrival_ns, samples array)], error) for one request, started when a slot frees. The error is the
     engine's own message (it names the field or the failure); anything else is a bug of ours, logged in full."""
     async with slots:
@@ -131,6 +134,8 @@ async def _one(engine: Engine, request: SpeechRequest, slots: asyncio.Semaphore)
         try:
             async for chunk in engine.generate(request):
                 chunks.append((now_ns(), chunk.samples))
+                if on_chunk is not None:
+                    on_chunk(chunk)
         except (RequestError, EngineError) as exc:  # a failed request is reported, the run goes on
             return start, chunks, str(exc)
         except Exception:
@@ -148,9 +153,11 @@ async def profile_run_async(
     run_dir: str | Path | None = None,
     progress: Progress | None = None,
     sample_interval_s: float = 0.1,
+    on_chunk: OnChunk | None = None,
 ) -> RunResult:
     """Run `requests` with at most `concurrency` in flight (all at once when None) and profile it; see the module
-    doc for what is written to `run_dir` (nothing when None). `capture` needs a `run_dir` for its traces."""
+    doc for what is written to `run_dir` (nothing when None). `capture` needs a `run_dir` for its traces. Each chunk
+    is also handed to `on_chunk` as it arrives (a live player), on the event loop: it must not block."""
     if capture and run_dir is None:
         raise ValueError("capture=True needs a run_dir for the torch.profiler traces")
     run_path = Path(run_dir) if run_dir is not None else None
@@ -165,7 +172,7 @@ async def profile_run_async(
     sampler = UtilizationSampler(pids, interval_s=sample_interval_s).start()
     t0 = now_ns()
     try:
-        tasks = [asyncio.ensure_future(_one(engine, r, slots)) for r in requests]
+        tasks = [asyncio.ensure_future(_one(engine, r, slots, on_chunk)) for r in requests]
         for done, task in enumerate(asyncio.as_completed(tasks), start=1):
             await task
             if progress is not None:
