@@ -1,61 +1,24 @@
-"""A tiny random talker for unit tests: real codec vocabulary and special ids, small widths, a 200-id text vocab."""
+"""A tiny random talker for unit tests: the tiny builder's custom-voice config (`engine.model.tiny.SIZES["tiny"]` on
+the released one: real codec vocabulary, special ids and speakers, small widths) with a 200-id text vocab."""
 
 from __future__ import annotations
 
 import torch
 
-from engine.model.config import CodePredictorConfig, Qwen3TTSConfig, SpeakerEncoderConfig, TalkerConfig
+from engine.model.config import Qwen3TTSConfig
 from engine.model.talker import Talker
-from engine.model.tiny import randomize_
+from engine.model.tiny import make_configs, randomize_
 
 TTS_PAD, TTS_BOS, TTS_EOS = 197, 198, 199  # text special ids remapped into the small text vocabulary
 
 
 def tiny_config(tts_model_size: str = "1b7", predictor_hidden: int = 32) -> Qwen3TTSConfig:
-    predictor = CodePredictorConfig(
-        hidden_size=predictor_hidden,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rope_theta=1e6,
-        num_code_groups=16,
-    )
-    talker = TalkerConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        rope_theta=1e6,
-        rope_scaling={"interleaved": True, "mrope_section": [6, 5, 5]},
-        num_code_groups=16,
-        text_vocab_size=200,
-        text_hidden_size=48,
-        codec_eos_token_id=2150,
-        codec_think_id=2154,
-        codec_nothink_id=2155,
-        codec_think_bos_id=2156,
-        codec_think_eos_id=2157,
-        codec_pad_id=2148,
-        codec_bos_id=2149,
-        spk_id={"serena": 3066, "eric": 2875, "dylan": 2878},
-        spk_is_dialect={"serena": False, "eric": "sichuan_dialect", "dylan": "beijing_dialect"},
-        codec_language_id={"chinese": 2055, "english": 2050, "sichuan_dialect": 2062, "beijing_dialect": 2074},
-        code_predictor_config=predictor,
-    )
-    return Qwen3TTSConfig(
-        talker,
-        SpeakerEncoderConfig(),
-        "qwen3_tts_tokenizer_12hz",
-        tts_model_size,
-        "custom_voice",
-        tts_pad_token_id=TTS_PAD,
-        tts_bos_token_id=TTS_BOS,
-        tts_eos_token_id=TTS_EOS,
-    )
+    raw, _ = make_configs("custom_voice", "tiny")
+    raw.update(tts_model_size=tts_model_size, tts_pad_token_id=TTS_PAD, tts_bos_token_id=TTS_BOS,
+               tts_eos_token_id=TTS_EOS)  # fmt: skip
+    raw["talker_config"]["text_vocab_size"] = 200
+    raw["talker_config"]["code_predictor_config"]["hidden_size"] = predictor_hidden
+    return Qwen3TTSConfig.from_dict(raw)
 
 
 def tiny_talker(seed: int = 0, eos_scale: float = 1.0, cfg: Qwen3TTSConfig | None = None) -> Talker:
