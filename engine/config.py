@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 EXECUTORS = ("uni", "mp")
 DTYPES = ("float32", "bfloat16", "float16")
 TINY_TASKS = ("base", "custom_voice", "voice_design")
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -121,17 +123,24 @@ class EngineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EngineConfig:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        try:
-            return cls.from_dict(raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        return load_yaml(path, "config", cls.from_dict)
+
+
+def load_yaml(path: str | Path, what: str, build: Callable[[dict[str, Any]], T]) -> T:
+    """`build` of a YAML file's top-level mapping (an empty file is {}). An unreadable file, one that is not a mapping,
+    and every `ConfigError` of `build` are refused with the file's name in front: the one reading of the engine
+    config and the Tune workload."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    try:
+        return build(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 _SECTIONS = {"talker": StageConfig, "code2wav": StageConfig, "chunking": ChunkingConfig, "limits": LimitsConfig}

@@ -22,15 +22,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from engine.config import ConfigError
-from engine.request import SpeechRequest
-from profiling.prompts import CLIP_RATE, PROMPT_SET, Clip, Job, Prompt, PromptSet, voice_like_clip
+from engine.config import ConfigError, load_yaml
+from engine.request import TASKS, SpeechRequest, Task
+from profiling.bench.prompt_set import CLIP_RATE, PROMPT_SET, Clip, Job, Prompt, PromptSet, voice_like_clip
 from profiling.search import OBJECTIVES, Slo
 
-TASKS = ("voice_clone", "custom_voice", "voice_design")
-TINY_TASKS = {"voice_clone": "base", "custom_voice": "custom_voice", "voice_design": "voice_design"}
 SLO_KEYS = ("ttfa_p99_s", "underrun_p99_s", "rtf_p99")
 
 
@@ -110,7 +106,7 @@ class Workload:
             raise ConfigError(f"tasks must map tasks to weights, got {self.tasks!r}")
         for task, weight in self.tasks.items():
             if task not in TASKS:
-                raise ConfigError(f"tasks.{task}: not a task; tasks are {', '.join(TASKS)}")
+                raise ConfigError(f"tasks.{task}: not a task; tasks are {', '.join(Task)}")
             if not isinstance(weight, int | float) or weight <= 0:
                 raise ConfigError(f"tasks.{task} must be a weight > 0, got {weight!r}")
         self.max_new_tokens = _range(self.max_new_tokens, "max_new_tokens", int)
@@ -124,15 +120,7 @@ class Workload:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Workload:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read the workload: {exc}") from exc
-        try:
-            return cls.from_dict({"name": path.stem, **raw} if isinstance(raw, dict) else raw)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        return load_yaml(path, "workload", lambda raw: cls.from_dict({"name": Path(path).stem, **raw}))
 
     @classmethod
     def from_dict(cls, raw: Any) -> Workload:
@@ -154,7 +142,7 @@ class Workload:
     @property
     def tiny_task(self) -> str | None:
         """The tiny model that serves this workload's tasks, when one does (a checkpoint serves one task)."""
-        tiny = {TINY_TASKS[t] for t in self.tasks}
+        tiny = {Task(t).model_type for t in self.tasks}
         return tiny.pop() if len(tiny) == 1 else None
 
     def default_requests(self) -> int:

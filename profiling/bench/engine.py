@@ -1,7 +1,7 @@
 """The serving engine against its ceiling and its peer: audio seconds per wall second and time to first audio.
 
-    python -m profiling.bench_engine --size tiny --concurrency 1 4 16 --executors uni-uni mp-mp --frames 40
-    python -m profiling.bench_engine --size mid --concurrency 1 4 --executors uni-uni mp-mp --frames 25
+    python -m profiling.bench engine --size tiny --concurrency 1 4 16 --executors uni-uni mp-mp --frames 40
+    python -m profiling.bench engine --size mid --concurrency 1 4 --executors uni-uni mp-mp --frames 25
 
 For each concurrency c, c greedy custom-voice requests of exactly `--frames` frames (random weights never sample EOS)
 are sent at once. Beside the engine (one row per executor pair) it times:
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +24,16 @@ import torch
 from engine import Engine, EngineConfig, SpeechRequest
 from engine.config import ChunkingConfig, StageConfig
 from engine.model.qwen3_tts import Qwen3TTS
-from engine.model.sampling import SamplingParams
-from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
+from engine.request import Task
 from engine.stages.code2wav import Code2WavStage
 from engine.stages.messages import AudioOut, CodeChunk, Credit
 from engine.stages.talker import TalkerStage
+from profiling.bench.checkpoint import GREEDY, add_checkpoint_arguments, bench_checkpoint
 from profiling.metrics import percentiles, request_metrics, run_metrics
 from reference.client import ReferenceUnavailable, run_official
 
 TEXT = "Voxtrace streams this sentence while it is still being generated."
-GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
 SAMPLE_RATE = 24000
 
 
@@ -147,9 +144,8 @@ def time_official(checkpoint: Path, c: int, frames: int, threads: int) -> Row | 
     return Row("official qwen-tts (batched)", c * frames * 0.08 / seconds, seconds, seconds)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["tiny", "mid"], default="tiny")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_arguments(parser)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument(
         "--executors", nargs="+", default=["uni-uni", "mp-mp"], choices=["uni-uni", "uni-mp", "mp-uni", "mp-mp"]
@@ -157,16 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per stage (and for the peer)")
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory(prefix="voxtrace-bench-") as tmp:
-        print(f"building the {args.size} custom-voice checkpoint ...", file=sys.stderr)
-        checkpoint = build_checkpoint(Path(tmp) / args.size, task="custom_voice", size=args.size)
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    with bench_checkpoint(args, Task.CUSTOM_VOICE) as bench:
+        checkpoint = bench.path
         model = Qwen3TTS.from_pretrained(checkpoint)
         time_ceiling(model, 1, 4)  # warm-up
         print(
-            f"\n{args.size} model, greedy custom voice, {args.frames} frames ({args.frames * 0.08:.1f} s of audio) "
+            f"\n{bench.name} model, greedy custom voice, {args.frames} frames ({args.frames * 0.08:.1f} s of audio) "
             f"per request, {args.threads} torch thread(s) per stage"
         )
         print(
@@ -185,8 +181,3 @@ def main(argv: list[str] | None = None) -> None:
                     f"{c:>3} {row.name:<30} {row.audio_per_s:>10.2f} {row.ttfa_p50_s * 1000:>7.0f}ms "
                     f"{row.ttfa_p90_s * 1000:>7.0f}ms {vs_ceiling} {vs_official}"
                 )
-    print(f"\nreproduce: python -m profiling.bench_engine {shlex.join(argv if argv is not None else sys.argv[1:])}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """What recording costs: ns per span/instant/counter with the recorder on and off.
 
-python -m profiling.bench_events [--n 200000]
+python -m profiling.bench events [--n 200000]
 """
 
 from __future__ import annotations
@@ -74,12 +74,12 @@ def bench(n: int) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--n", type=int, default=200_000)
-    for name, ns in bench(p.parse_args().n).items():
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=200_000, help="calls per case")
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    out = bench(args.n)
+    for name, ns in out.items():
         print(f"{name:28s} {ns:8.0f} ns")
-
-
-if __name__ == "__main__":
-    main()
+    return out

@@ -1,7 +1,7 @@
 """Our model against the official qwen-tts on the same checkpoint: time per generated frame, and the ratio.
 
-    python -m profiling.bench_model --size tiny --frames 40 --repeats 3
-    python -m profiling.bench_model --size mid --frames 25 --repeats 2
+    python -m profiling.bench model --size tiny --frames 40 --repeats 3
+    python -m profiling.bench model --size mid --frames 25 --repeats 2
 
 Both sides run the same greedy custom-voice request in one process each, with the same torch thread count, a
 warm-up run first, and the median of the timed runs. Random weights never sample EOS, so every run generates exactly
@@ -11,10 +11,8 @@ warm-up run first, and the median of the timed runs. Random weights never sample
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +20,8 @@ import torch
 
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
-from engine.model.tiny import build_checkpoint
+from engine.request import Task
+from profiling.bench.checkpoint import add_checkpoint_arguments, bench_checkpoint
 from reference.client import run_official
 
 TEXT = "Voxtrace measures where every millisecond of a synthesised sentence goes."
@@ -58,36 +57,29 @@ def time_official(checkpoint: Path, frames: int, repeats: int, threads: int) -> 
     return generate, statistics.median(r["seconds"] - r["generate_seconds"] for r in timed)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["tiny", "mid"], default="tiny")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_arguments(parser)
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory(prefix="voxtrace-bench-") as tmp:
-        print(f"building the {args.size} custom-voice checkpoint ...", file=sys.stderr)
-        checkpoint = build_checkpoint(Path(tmp) / args.size, task="custom_voice", size=args.size)
-        model = Qwen3TTS.from_pretrained(checkpoint)
-        request = SynthesisInput(task="custom_voice", text=TEXT, speaker="vivian", language="English")
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    with bench_checkpoint(args, Task.CUSTOM_VOICE) as checkpoint:
+        model = Qwen3TTS.from_pretrained(checkpoint.path)
+        request = SynthesisInput(text=TEXT, speaker="vivian", language="English")
         params = SamplingParams(do_sample=False, subtalker_dosample=False, max_new_tokens=args.frames + 1)
         print("timing ours ...", file=sys.stderr)
         ours = time_ours(model, request, params, args.repeats)
         print("timing the official qwen-tts 0.1.1 ...", file=sys.stderr)
-        official = time_official(checkpoint, args.frames, args.repeats, args.threads)
+        official = time_official(checkpoint.path, args.frames, args.repeats, args.threads)
 
     ms = lambda seconds: 1000 * seconds / args.frames  # noqa: E731
     print(
-        f"\n{args.size} model, {args.frames} frames, greedy custom voice, {args.threads} torch thread(s), "
+        f"\n{checkpoint.name} model, {args.frames} frames, greedy custom voice, {args.threads} torch thread(s), "
         f"median of {args.repeats}"
     )
     print(f"{'':>12} {'ours':>10} {'official':>10} {'speed-up':>9}")
     for name, a, b in (("generate", ours[0], official[0]), ("decode", ours[1], official[1])):
         print(f"{name + ' ms/fr':>12} {ms(a):>10.2f} {ms(b):>10.2f} {b / a:>8.2f}x")
-    print(f"\nreproduce: python -m profiling.bench_model {shlex.join(argv if argv is not None else sys.argv[1:])}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,8 @@
 """The benchmark's prompt set: texts (several languages, short and long) and reference clips, shipped in
-`profiling/prompt_set/`. The clips are made here, not recorded: `python -m profiling.prompts --make-clips` writes
-them from `prompts.json` (a harmonic tone with a gliding pitch and syllable-like bursts, as the tests' clips), so
-they are free to ship. They time voice cloning as real speech would; they do not say their `ref_text`.
+`profiling/bench/prompt_set_data/`. (The talker's prompt, the embeddings a request starts from, is
+`engine.model.prompt`.) The clips are made here, not recorded: `python -m profiling.bench.prompt_set --make-clips`
+writes them from `prompts.json` (a harmonic tone with a gliding pitch and syllable-like bursts, as the tests' clips),
+so they are free to ship. They time voice cloning as real speech would; they do not say their `ref_text`.
 
 `PromptSet.jobs(n)` cycles through prompts (and clips) so every concurrency level of a sweep sees the same mix;
 `Job.request(...)` makes the engine's `SpeechRequest`, `Job.http_body(...)` the OpenAI-style JSON body.
@@ -19,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from engine.model.sampling import SamplingParams
-from engine.request import SpeechRequest
+from engine.request import SpeechRequest, Task
 
-PROMPT_SET = Path(__file__).parent / "prompt_set" / "prompts.json"
+PROMPT_SET = Path(__file__).parent / "prompt_set_data" / "prompts.json"
 CLIP_RATE = 24000
-# our task names -> the `task_type` of vllm-omni's /v1/audio/speech (the Qwen3-TTS checkpoints' names)
-TASK_TYPES = {"voice_clone": "Base", "custom_voice": "CustomVoice", "voice_design": "VoiceDesign"}
+# a task -> the `task_type` of vllm-omni's /v1/audio/speech: its checkpoint type as the released models spell it
+TASK_TYPES = {task: task.model_type.title().replace("_", "") for task in Task}
 
 
 def voice_like_clip(seconds: float, sample_rate: int = CLIP_RATE, seed: int = 0, f0: float = 140.0) -> np.ndarray:

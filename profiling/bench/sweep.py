@@ -1,8 +1,8 @@
-"""The benchmark runner: a concurrency sweep over the prompt set, against the embedded engine or a speech server.
+"""A concurrency sweep over the prompt set, against the embedded engine or a speech server.
 
-    python -m profiling.bench --config configs/default.yaml --concurrency 1 2 4 --requests-per-level 8 --out results/
-    python -m profiling.bench --url http://127.0.0.1:8000 --task custom_voice --voice vivian --concurrency 1 4 16
-    python -m profiling.bench --config configs/tiny-mp-mp.yaml --concurrency 4 --recording both --repeat 3
+    python -m profiling.bench sweep --config configs/default.yaml --concurrency 1 2 4 --out results/
+    python -m profiling.bench sweep --url http://127.0.0.1:8000 --task custom_voice --voice vivian --concurrency 1 4 16
+    python -m profiling.bench sweep --config configs/tiny-mp-mp.yaml --concurrency 4 --recording both --repeat 3
 
 At each concurrency c, `--requests-per-level` requests are sent with at most c in flight (after `--warmup` unmeasured
 ones), and the reference benchmark's metrics are computed from the arrival times as the client sees them. Against a
@@ -11,7 +11,8 @@ server the client is `profiling.speech_client` (stream=true, response_format=pcm
 throughput difference (recording is meant to stay on: that difference is what it costs).
 
 Writes `bench.json` (every level with its per-request metrics), `bench.csv` (one row per level) and `bench.html`
-(charts and a table; plotly.js is inlined, so the page opens offline).
+(charts and a table; plotly.js is inlined, so the page opens offline). The sweeps themselves are `profiling.sweep`'s,
+which the app's Benchmark view runs too.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from profiling.prompts import PROMPT_SET, Job, PromptSet
+from engine.request import Task
+from profiling.bench.prompt_set import PROMPT_SET, Job, PromptSet
 from profiling.sweep import Bench, Progress, sweep_engine, sweep_url
 
 
@@ -45,8 +47,7 @@ def _progress_bar(total: int) -> tuple[Progress, Callable[[], None]]:
         return update, lambda: print(file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> Bench:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--config", help="engine config YAML for the embedded engine (default: configs/default.yaml)")
     target.add_argument("--url", help="an OpenAI-compatible speech server (root, .../v1 or the endpoint)")
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> Bench:
     p.add_argument("--out", default="results", help="folder for bench.json, bench.csv and bench.html")
     p.add_argument(
         "--task",
-        choices=["voice_clone", "custom_voice", "voice_design"],
+        choices=[task.value for task in Task],
         help="default: the embedded model's task; voice_clone against a URL",
     )
     p.add_argument("--voice", help="speaker for custom_voice (default: the model's first)")
@@ -80,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> Bench:
         help="torch.profiler in every run (implies --save-runs; slows the runs); on CUDA: the GPU idle split per level",
     )
     p.add_argument("--label", help="series name in the charts")
-    args = p.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> Bench:
     prompts = PromptSet.load(args.prompt_set)
     if args.prompts or args.length:
         prompts = prompts.select(args.prompts, args.length)
@@ -134,8 +136,8 @@ def _embedded(args: argparse.Namespace, prompts: PromptSet, modes: list[str], me
     config = EngineConfig.from_yaml(config_path)
     max_new = args.max_new_tokens or (40 if config.model is None else None)
     with Engine(config) as engine:
-        task = args.task or engine.model.task
-        speaker = args.voice or (engine.model.speakers[0] if engine.model.speakers else None)
+        task = args.task or engine.info.task
+        speaker = args.voice or (engine.info.speakers[0] if engine.info.speakers else None)
         meta.update(target=config_path, task=task, max_new_tokens=max_new, worker_pids=engine.worker_pids())
         counter = [0]
 
@@ -179,7 +181,3 @@ def _report(bench: Bench, paths: dict[str, Path]) -> None:
     for c, pct in bench.recording_cost().items():
         print(f"event recording at c={c}: throughput {-pct:+.1f}% with recording on than off")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-if __name__ == "__main__":
-    main()

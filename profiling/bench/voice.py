@@ -1,8 +1,8 @@
 """Time to first audio of the first request that clones a new clip: cold, against after `Engine.prepare_voice` (what
 the app does when a clip is uploaded), with the ratio.
 
-    python -m profiling.bench_voice --size tiny --clip-seconds 10 --repeats 3
-    python -m profiling.bench_voice --size mid --clip-seconds 10 --repeats 3 --think 12
+    python -m profiling.bench voice --size tiny --clip-seconds 10 --repeats 3
+    python -m profiling.bench voice --size mid --clip-seconds 10 --repeats 3 --think 12
 
 Each timed request clones a clip no earlier request used (so neither the voice cache nor the decoder's prefix cache
 holds it). "prepared" calls `prepare_voice` first and waits `--think` seconds, the time a user spends typing, in
@@ -15,19 +15,14 @@ import argparse
 import asyncio
 import io
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import soundfile as sf
 
 from engine import Engine, EngineConfig, SpeechRequest
-from engine.model.sampling import SamplingParams
-from engine.model.tiny import build_checkpoint
-from profiling.prompts import CLIP_RATE, voice_like_clip
-
-GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False)
+from engine.request import Task
+from profiling.bench.checkpoint import GREEDY, add_checkpoint_arguments, bench_checkpoint
+from profiling.bench.prompt_set import CLIP_RATE, voice_like_clip
 
 
 def clip(seconds: float, seed: int) -> bytes:
@@ -45,16 +40,19 @@ async def first_audio_s(engine: Engine, audio: bytes) -> float:
     raise RuntimeError("the request produced no audio")
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=["tiny", "mid"], default="tiny")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_checkpoint_arguments(p)
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--think", type=float, default=1.0, help="seconds between prepare_voice and the request")
-    args = p.parse_args(argv)
-    checkpoint = build_checkpoint(Path(tempfile.mkdtemp(prefix="voxtrace-bench-")) / args.size, size=args.size)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
     seeds = iter(range(1, 1000))
-    with Engine(EngineConfig(model=str(checkpoint))) as engine:
+    with (
+        bench_checkpoint(args, Task.VOICE_CLONE) as checkpoint,
+        Engine(EngineConfig(model=str(checkpoint.path))) as engine,
+    ):
         asyncio.run(first_audio_s(engine, clip(args.clip_seconds, 0)))  # warm-up
         cold = [asyncio.run(first_audio_s(engine, clip(args.clip_seconds, next(seeds)))) for _ in range(args.repeats)]
         prepared = []
@@ -65,11 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             prepared.append(asyncio.run(first_audio_s(engine, audio)))
     out = {"cold_s": statistics.median(cold), "prepared_s": statistics.median(prepared)}
     print(
-        f"{args.size}, new {args.clip_seconds:g} s clip: first audio cold {out['cold_s'] * 1000:.0f} ms, prepared "
-        f"{out['prepared_s'] * 1000:.0f} ms ({out['cold_s'] / out['prepared_s']:.1f}x sooner)"
+        f"{checkpoint.name}, new {args.clip_seconds:g} s clip: first audio cold {out['cold_s'] * 1000:.0f} ms, "
+        f"prepared {out['prepared_s'] * 1000:.0f} ms ({out['cold_s'] / out['prepared_s']:.1f}x sooner)"
     )
     return out
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,12 +1,19 @@
-"""A small hand-made run shared by the trace, metrics and figure tests: two requests, two processes, batched talker
-steps, transfers that overlap on the transport track, and milestones."""
+"""Fixtures shared by the profiling tests: a small hand-made run (for the trace, metrics and figure tests: two
+requests, two processes, batched talker steps, transfers that overlap on the transport track, and milestones), and
+our HTTP server over a tiny engine (for the benchmark's and Tune's runs against a URL)."""
 
 from __future__ import annotations
 
-import pytest
+import threading
+import time
 
+import pytest
+import uvicorn
+
+from engine import Engine, EngineConfig
 from telemetry import events as ev
 from telemetry.events import COUNTER, INSTANT, SPAN, Event, EventBatch, Timeline, merge_timelines
+from ui.server import ApiLimits, create_server
 
 MS = 1_000_000  # ns
 
@@ -77,3 +84,21 @@ def sample_run() -> Timeline:
 @pytest.fixture
 def run() -> Timeline:
     return sample_run()
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints):
+    """Our HTTP server over a tiny engine, on a free loopback port, in a thread."""
+    with Engine(EngineConfig(model=str(checkpoints["base"]))) as engine:
+        app = create_server(engine, ApiLimits(max_in_flight=4))
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not srv.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        port = srv.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -1,25 +1,21 @@
-"""The benchmark runner: a small concurrency sweep against the embedded engine and against our own HTTP server."""
+"""The benchmarks as one command: a small concurrency sweep against the embedded engine and against our own HTTP
+server, and each other subcommand once on the tiny model."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 import yaml
 
-from engine import Engine, EngineConfig
 from profiling import bench, sweep
+from profiling.bench.prompt_set import PromptSet
 from profiling.gpu_idle import IdleSplit
-from profiling.prompts import PromptSet
 from profiling.speech_client import run_requests, speech_url
-from ui.server import ApiLimits, create_server
 
 FRAMES = 6
 SWEEP = ["--concurrency", "1", "2", "--requests-per-level", "2", "--warmup", "1"]
@@ -43,7 +39,9 @@ def check_outputs(out: Path, series: list[str]) -> list[dict]:
 def test_a_sweep_against_the_embedded_engine_with_recording_on_and_off(checkpoints, tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": str(checkpoints["base"]), "talker": {"max_num_seqs": 4}}))
-    result = bench.main(["--config", str(config), *SWEEP, "--recording", "both", "--out", str(tmp_path / "out")])
+    result = bench.main(
+        ["sweep", "--config", str(config), *SWEEP, "--recording", "both", "--out", str(tmp_path / "out")]
+    )
     levels = check_outputs(tmp_path / "out", ["tiny · recording on", "tiny · recording off"])
     assert set(result.recording_cost()) == {1, 2}
     assert all(level["cpu_percent"] > 0 for level in levels)  # the engine's process, sampled at every level
@@ -54,7 +52,7 @@ def test_a_captured_sweep_keeps_each_runs_traces_and_the_gpu_idle_columns(checkp
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": str(checkpoints["base"])}))
     one_run = ["--concurrency", "1", "--requests-per-level", "1", "--warmup", "0", "--max-new-tokens", "4"]
-    bench.main(["--config", str(config), *one_run, "--capture", "--out", str(tmp_path / "out")])
+    bench.main(["sweep", "--config", str(config), *one_run, "--capture", "--out", str(tmp_path / "out")])
     assert list((tmp_path / "out" / "runs" / "c1-recon-0" / "tb").glob("engine.*.pt.trace.json"))
     (level,) = json.loads((tmp_path / "out" / "bench.json").read_text())["levels"]
     assert level["series"] == "tiny · recording on · captured"
@@ -71,26 +69,8 @@ def test_a_level_sums_the_gpu_idle_split_of_its_runs() -> None:
     assert sweep.level_of("s", 1, [sweep.Repeat([], 1.0, [])]).gpu_idle_ms == {}  # nothing captured
 
 
-@pytest.fixture(scope="module")
-def server(checkpoints):
-    """Our HTTP server over a tiny engine, on a free loopback port, in a thread."""
-    with Engine(EngineConfig(model=str(checkpoints["base"]))) as engine:
-        app = create_server(engine, ApiLimits(max_in_flight=4))
-        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        thread = threading.Thread(target=srv.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not srv.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-        port = srv.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-        srv.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_a_sweep_against_our_http_server(server: str, tmp_path: Path) -> None:
-    bench.main(["--url", server, *SWEEP, "--label", "ours", "--out", str(tmp_path)])
+    bench.main(["sweep", "--url", server, *SWEEP, "--label", "ours", "--out", str(tmp_path)])
     levels = check_outputs(tmp_path, ["ours"])
     assert all(level["cpu_percent"] is None for level in levels)  # a server's processes are not ours to sample
 
@@ -103,3 +83,15 @@ def test_a_refused_request_is_an_error_of_the_level_not_a_crash(server: str) -> 
     assert ok.error is None and sum(ok.samples) == 2 * 1920 and len(ok.audio()) == 2 * 1920
     assert refused.error.startswith("HTTP 400") and "language" in refused.error
     assert refused.metrics(24000) is None
+
+
+def test_a_subcommand_prints_its_figures_and_the_line_that_reproduces_them(capsys) -> None:
+    figures = bench.main(["events", "--n", "2000"])
+    assert {"span on", "span off", "drain+to_bytes per event"} <= set(figures)
+    out = capsys.readouterr().out
+    assert "span off" in out and out.rstrip().endswith("reproduce: python -m profiling.bench events --n 2000")
+
+
+def test_a_real_checkpoint_of_another_type_is_refused_before_anything_is_timed(checkpoints) -> None:
+    with pytest.raises(SystemExit, match="'base' checkpoint; this benchmark times custom_voice"):
+        bench.main(["model", "--checkpoint", str(checkpoints["base"])])

@@ -12,7 +12,7 @@ import torch
 
 from engine import Engine, EngineConfig
 from engine.config import StageConfig
-from profiling.prompts import PromptSet
+from profiling.bench.prompt_set import PromptSet
 from profiling.run import RunResult, profile_run
 from profiling.trace import check_trace
 from telemetry import events as ev

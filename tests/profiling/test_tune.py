@@ -18,9 +18,7 @@ from profiling.search import Summary
 from profiling.space import KNOBS, apply, candidate_points, config_yaml, space
 from profiling.workload import Workload
 from telemetry.events import ADMITTED, Timeline
-from tests.profiling import test_bench
 
-server = test_bench.server  # the fixture: our HTTP server over a tiny engine, on a free loopback port
 WORKLOADS = sorted((Path(__file__).parents[2] / "configs" / "workloads").glob("*.yaml"))
 
 

@@ -1,0 +1,3 @@
+from profiling.bench import main
+
+main()
