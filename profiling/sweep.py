@@ -1,6 +1,7 @@
 """Concurrency sweeps and their results: each level's requests sent with at most c in flight, against the embedded
 engine (`sweep_engine`, through `profiling.run.profile_run`) or an OpenAI-compatible speech server (`sweep_url`), and
-the `Bench` that writes them as JSON, CSV and a self-contained HTML page. `python -m profiling.bench` is the command.
+the `Bench` that writes them as JSON, CSV and a self-contained HTML page. `python -m profiling.bench sweep` is the
+command.
 """
 
 from __future__ import annotations

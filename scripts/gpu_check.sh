@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -rs tests/engine/test_cuda.py tests/profiling/test_gpu_idle.py \
   tests/profiling/test_utilization.py tests/profiling/test_run.py 2>&1 | tee "$out/pytest.log"
-python3 -m profiling.bench --config configs/tiny-cuda.yaml --concurrency 1 4 16 --requests-per-level 16 \
+python3 -m profiling.bench sweep --config configs/tiny-cuda.yaml --concurrency 1 4 16 --requests-per-level 16 \
   --warmup 4 --max-new-tokens 60 --capture --out "$out/bench" 2>&1 | tee "$out/bench.log"
 python3 -m profiling.gpu_idle "$out/bench/runs/c16-recon-0" 2>&1 | tee "$out/gpu_idle.txt"
 rm -rf "$out/bench/runs"  # traces are large; the split above is what comes back
