@@ -151,11 +151,10 @@ def synth(argv: list[str] | None = None) -> int:
         clip = load_reference_audio(args.ref_audio.read_bytes(), max_seconds=REFERENCE_MAX_SECONDS)
         voice = tts.create_voice_prompt(clip, ref_text=args.ref_text, x_vector_only=args.ref_text is None)
     speaker = args.speaker
-    if tts.task == "custom_voice" and speaker is None:
+    if tts.model_type == "custom_voice" and speaker is None:
         speaker = tts.speakers[0]
         print(f"No --speaker given: using {speaker!r} (choices: {', '.join(tts.speakers)}).", file=sys.stderr)
     request = SynthesisInput(
-        task=tts.task,
         text=args.text,
         language=args.language,
         speaker=speaker,

@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from engine.request import Task
+
 EXECUTORS = ("uni", "mp")
 DTYPES = ("float32", "bfloat16", "float16")
-TINY_TASKS = ("base", "custom_voice", "voice_design")
+TINY_TASKS = tuple(task.model_type for task in Task)  # the tiny builder builds one checkpoint per model type
 T = TypeVar("T")
 
 

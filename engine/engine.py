@@ -33,7 +33,7 @@ from engine.config import EngineConfig
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
-from engine.request import AudioChunk, EngineError, ModelInfo, RequestError, SpeechRequest, Task, check_request
+from engine.request import AudioChunk, EngineError, ModelInfo, RequestError, SpeechRequest, Task
 from engine.router import Router
 from engine.runtime import Executor, ExecutorError, TransportError, make_executor
 from engine.runtime.restarter import Restarter, RestartPolicy
@@ -90,7 +90,7 @@ class Engine:
         self.model.release(talker=config.talker.executor == "mp", decoder=config.code2wav.executor == "mp")
         model = self.model
         self.info = ModelInfo(
-            Task(model.task),
+            Task.of_model_type(model.model_type),
             tuple(model.languages),
             tuple(model.speakers),
             model.sample_rate,
@@ -133,7 +133,7 @@ class Engine:
         completed). Closing the iterator, or cancelling its task, cancels the request at once, wherever it is."""
         rid, submitted = request.request_id, now_ns()
         rec = self.recorder
-        check_request(request, self.config.limits)  # cheap: a bad field never waits behind the prep thread
+        self.prep.check(request)  # cheap: a bad field never waits behind the prep thread
         rec.instant(ADMITTED, request=rid)
         stream = self._router.admit(rid)
         try:

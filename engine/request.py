@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
 
-from engine.config import LimitsConfig
-from engine.model.sampling import SamplingError, SamplingParams
+from engine.model.sampling import SamplingParams
 
 
 class Task(StrEnum):
@@ -29,11 +27,22 @@ class Task(StrEnum):
     def of_model_type(cls, model_type: str) -> Task:
         return next(task for task in cls if task.model_type == model_type)
 
+    @classmethod
+    def named(cls, name: str) -> Task:
+        """A task by its name or by the checkpoint type that serves it, as other Qwen3-TTS servers spell `task_type`
+        ("Base", "CustomVoice", "VoiceDesign"): case, "_" and "-" do not matter. A `ValueError` for any other name."""
+        key = _squashed(name)
+        for task in cls:
+            if key in (_squashed(task.value), _squashed(task.model_type)):
+                return task
+        raise ValueError(f"{name!r} is not one of {', '.join(cls)}")
+
+
+def _squashed(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
 
 TASKS = tuple(Task)
-MAX_NAME_CHARS = 64  # task, language, speaker: names, echoed in errors
-MAX_REQUEST_ID_CHARS = 128
-MAX_SEED = 2**63 - 1
 
 
 class RequestError(ValueError):
@@ -111,64 +120,3 @@ class AudioChunk:
     @property
     def duration(self) -> float:
         return len(self.samples) / self.sample_rate
-
-
-def check_request(request: SpeechRequest, limits: LimitsConfig) -> None:
-    """Every field's type and size, before any work is spent on the request (no tokenizing, no decoding): a
-    `RequestError` names the first bad field as the HTTP API calls it. What depends on the loaded checkpoint (task,
-    language, speaker) is checked by prompt prep."""
-    rid = request.request_id
-    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
-        raise RequestError("request_id", f"must be text of 1 to {MAX_REQUEST_ID_CHARS} characters")
-    _check_text("input", request.text, limits.max_text_chars)
-    _check_text("language", request.language, MAX_NAME_CHARS)
-    for name, value, limit in (
-        ("task", request.task, MAX_NAME_CHARS),
-        ("voice", request.speaker, MAX_NAME_CHARS),
-        ("instructions", request.instruct, limits.max_instruct_chars),
-        ("ref_text", request.ref_text, limits.max_ref_text_chars),
-    ):
-        if value is not None:
-            _check_text(name, value, limit)
-    if not isinstance(request.x_vector_only, bool):
-        raise RequestError("x_vector_only_mode", "must be true or false")
-    if request.non_streaming_mode is not None and not isinstance(request.non_streaming_mode, bool):
-        raise RequestError("non_streaming_mode", "must be true or false")
-    audio = request.ref_audio
-    if not (audio is None or isinstance(audio, (bytes, bytearray, memoryview)) or _is_waveform(audio)):
-        raise RequestError("ref_audio", "must be the bytes of an audio file, or (samples, sample_rate)")
-    if request.sampling is not None:
-        if not isinstance(request.sampling, SamplingParams):
-            raise RequestError("sampling", "must be sampling settings")
-        try:  # re-checked: the settings may have been changed after they were built
-            dataclasses.replace(request.sampling)
-        except SamplingError as exc:
-            raise RequestError(exc.field, exc.message) from None
-    _check_whole("seed", request.seed, 0, MAX_SEED)
-    _check_whole("max_new_tokens", request.max_new_tokens, 1, limits.max_new_tokens, "this engine's limit")
-
-
-def _check_text(name: str, value: object, limit: int) -> None:
-    if not isinstance(value, str):
-        raise RequestError(name, "must be text")
-    if len(value) > limit:  # before anything reads it all
-        raise RequestError(name, f"has {len(value)} characters; the limit is {limit}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise RequestError(name, f"is not valid Unicode (a lone surrogate at character {exc.start})") from None
-
-
-def _check_whole(name: str, value: object, low: int, high: int, high_is: str = "") -> None:
-    if value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RequestError(name, "must be a whole number")
-    if value < low:
-        raise RequestError(name, f"must be at least {low}, got {value}")
-    if value > high:
-        raise RequestError(name, f"must be at most {high}{f' ({high_is})' if high_is else ''}, got {value}")
-
-
-def _is_waveform(audio: object) -> bool:
-    return isinstance(audio, tuple) and len(audio) == 2 and isinstance(audio[1], (int, np.integer))

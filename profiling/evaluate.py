@@ -142,10 +142,10 @@ class EngineEvaluator:
         model = self._checkpoint if config.model is None else config.model
         engine = self.engines.get(dataclasses.replace(config, model=model))
         if engine not in self._warm:
-            if engine.model.task not in self.workload.tasks or len(self.workload.tasks) > 1:
+            if engine.info.task not in self.workload.tasks or len(self.workload.tasks) > 1:
                 raise Abort(
                     f"the workload asks for {', '.join(self.workload.tasks)}; this checkpoint serves only "
-                    f"{engine.model.task} (for the tiny model, set tiny_task in the engine config)"
+                    f"{engine.info.task} (for the tiny model, set tiny_task in the engine config)"
                 )
             warm = self.workload.requests(self.warmup, _speaker(engine), f"w{self._runs}-")
             profile_run(engine, warm, concurrency=self.workload.arrival.concurrency)
@@ -166,7 +166,7 @@ class EngineEvaluator:
 
 
 def _speaker(engine: Engine) -> str | None:
-    return engine.model.speakers[0] if engine.model.speakers else None
+    return engine.info.speakers[0] if engine.info.speakers else None
 
 
 class UrlEvaluator:

@@ -185,7 +185,7 @@ async def profile_run_async(
     tl = engine.timeline()
     tl = merge_timelines([*_process_batches(tl), tl.events, sampler.events])
 
-    rate = engine.model.sample_rate
+    rate = engine.info.sample_rate
     per_request, audio, errors = [], {}, {}
     for rid, (start, chunks, error) in zip(ids, outcomes, strict=True):
         samples = [c for _, c in chunks]

@@ -122,7 +122,7 @@ class SpeechApi:
 
     async def models(self) -> dict[str, Any]:
         self.require_ready()
-        model = self.engine.model
+        info = self.engine.info
         served = model_id(self.engine)
         entry = {
             "id": served,
@@ -130,10 +130,10 @@ class SpeechApi:
             "created": self.created,
             "owned_by": "voxtrace",
             "root": served,  # the name, never the server's path to it
-            "task_type": model.task,
-            "languages": model.languages,
-            "speakers": model.speakers,
-            "sample_rate": model.sample_rate,
+            "task_type": info.task,
+            "languages": list(info.languages),
+            "speakers": list(info.speakers),
+            "sample_rate": info.sample_rate,
             "response_formats": list(FORMATS),
         }
         return {"object": "list", "data": [entry]}
@@ -150,7 +150,7 @@ class SpeechApi:
                 "model",
                 "model_not_found",
             )
-        speech = to_speech_request(body, self.engine.model, self.engine.config.limits, request_id(request.scope))
+        speech = to_speech_request(body, self.engine.info, self.engine.config.limits, request_id(request.scope))
         self.require_ready()
         if not self.gate.try_enter():
             raise busy_error(f"the server is busy: {self.gate.limit} requests in flight; try again shortly")

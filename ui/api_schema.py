@@ -16,19 +16,11 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from engine import EngineBusy, RequestError, SpeechRequest, StageUnavailable
+from engine import EngineBusy, ModelInfo, RequestError, SpeechRequest, StageUnavailable, Task
 from engine.config import LimitsConfig
-from engine.model.qwen3_tts import Qwen3TTS
 from engine.model.sampling import MAX_TOP_K, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE, SamplingError, SamplingParams
 from ui.audio_formats import FORMATS, STREAM_FORMATS
 
-# task_type: ours, and the checkpoint-type names other Qwen3-TTS servers use (Base / CustomVoice / VoiceDesign)
-TASK_ALIASES = {
-    "voiceclone": "voice_clone",
-    "base": "voice_clone",
-    "customvoice": "custom_voice",
-    "voicedesign": "voice_design",
-}
 ENGINE_FIELD_TO_PARAM = {"task": "task_type"}  # the engine's field names that differ from the API's
 RETRY_AFTER_S = 1  # busy, or a stage's worker being replaced: seconds, not minutes
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),(?P<data>.*)$", re.DOTALL)
@@ -172,10 +164,11 @@ def decode_ref_audio(value: str) -> bytes:
     return decoded
 
 
-def to_speech_request(body: SpeechBody, model: Qwen3TTS, limits: LimitsConfig, request_id: str) -> SpeechRequest:
-    """The body as an engine request. Text lengths are checked here against the engine's `limits`, before the clip is
-    decoded; what the engine checks against the checkpoint (language, speaker, the clip) is left to it: its
-    `RequestError` names the field."""
+def to_speech_request(body: SpeechBody, info: ModelInfo, limits: LimitsConfig, request_id: str) -> SpeechRequest:
+    """The body as an engine request for the served model (`info`). Text lengths are checked here against the
+    engine's `limits`, before the clip is decoded; what the engine checks against the checkpoint (language, speaker,
+    the clip) is left to it: its `RequestError` names the field. `task_type` takes our task names and the
+    checkpoint-type names other Qwen3-TTS servers use (Base / CustomVoice / VoiceDesign)."""
     for param, text, limit in (
         ("input", body.input, limits.max_text_chars),
         ("instructions", body.instructions, limits.max_instruct_chars),
@@ -204,20 +197,17 @@ def to_speech_request(body: SpeechBody, model: Qwen3TTS, limits: LimitsConfig, r
         )
     task = None
     if body.task_type is not None:
-        task = TASK_ALIASES.get(body.task_type.lower().replace("_", "").replace("-", ""))
-        if task is None:
-            raise ApiError(
-                400,
-                f"task_type: {body.task_type!r} is not one of voice_clone, custom_voice, voice_design",
-                "task_type",
-                "invalid_value",
-            )
+        try:
+            task = Task.named(body.task_type)
+        except ValueError as exc:
+            raise ApiError(400, f"task_type: {exc}", "task_type", "invalid_value") from None
     voice = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
-    if voice and (task or model.task) != "custom_voice":
-        source = "ref_audio" if (task or model.task) == "voice_clone" else "instructions"
+    asked = task or info.task
+    if voice and asked is not Task.CUSTOM_VOICE:
+        source = "ref_audio" if asked is Task.VOICE_CLONE else "instructions"
         raise ApiError(
             400,
-            f"voice: {voice!r} is not a voice here; {task or model.task} takes its voice from {source}, so leave "
+            f"voice: {voice!r} is not a voice here; {asked} takes its voice from {source}, so leave "
             "voice out (named speakers are custom_voice's)",
             "voice",
             "invalid_value",
@@ -232,14 +222,14 @@ def to_speech_request(body: SpeechBody, model: Qwen3TTS, limits: LimitsConfig, r
         ref_text=body.ref_text,
         x_vector_only=body.x_vector_only_mode,
         non_streaming_mode=body.non_streaming_mode,
-        sampling=sampling_params(body, model),
+        sampling=sampling_params(body, info),
         seed=body.seed,
         max_new_tokens=body.max_new_tokens,
         request_id=request_id,
     )
 
 
-def sampling_params(body: SpeechBody, model: Qwen3TTS) -> SamplingParams | None:
+def sampling_params(body: SpeechBody, info: ModelInfo) -> SamplingParams | None:
     """The checkpoint's sampling settings with the body's changes; None when it changes none. Temperature 0 is
     greedy decoding (talker and code predictor), where the other settings no longer matter."""
     tuned = {k: getattr(body, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty")}
@@ -250,6 +240,6 @@ def sampling_params(body: SpeechBody, model: Qwen3TTS) -> SamplingParams | None:
         del tuned["temperature"]
         tuned.update(do_sample=False, subtalker_dosample=False)
     try:
-        return dataclasses.replace(model.sampling_defaults, **tuned)
+        return dataclasses.replace(info.sampling_defaults, **tuned)
     except SamplingError as exc:  # inside the API's ranges, outside the engine's (a temperature of 1e-4)
         raise ApiError(400, str(exc), exc.field, "invalid_value") from None

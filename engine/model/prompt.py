@@ -38,10 +38,44 @@ def _ids(values: list[int], like: Tensor) -> Tensor:
     return torch.tensor([values], dtype=like.dtype, device=like.device)
 
 
+class PromptError(ValueError):
+    """An input this checkpoint cannot lay out; `field` names it as `SynthesisInput` does (text, language, speaker,
+    voice)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def languages_of(cfg: Qwen3TTSConfig) -> list[str]:
+    """What a request's language may be: auto plus the checkpoint's languages (dialects come with their speakers)."""
+    return ["auto"] + [k for k in cfg.talker_config.codec_language_id if "dialect" not in k]
+
+
+def speakers_of(cfg: Qwen3TTSConfig) -> list[str]:
+    """The built-in speakers of a CustomVoice checkpoint (none for the others)."""
+    return sorted(cfg.talker_config.spk_id)
+
+
+def check_text(text: str) -> None:
+    if not text.strip():
+        raise PromptError("text", "the text is empty")
+
+
+def check_language(cfg: Qwen3TTSConfig, language: str) -> None:
+    if language.lower() not in languages_of(cfg):
+        raise PromptError("language", f"{language!r} is not one of {', '.join(languages_of(cfg))}")
+
+
+def check_speaker(cfg: Qwen3TTSConfig, speaker: str | None) -> None:
+    if not speaker or speaker.lower() not in cfg.talker_config.spk_id:
+        raise PromptError("speaker", f"{speaker!r} is not one of {', '.join(speakers_of(cfg))}")
+
+
 def _language_id(cfg: Qwen3TTSConfig, language: str, speaker: str | None) -> int | None:
     tc, lang = cfg.talker_config, language.lower()
     if lang != "auto" and lang not in tc.codec_language_id:
-        raise ValueError(f"language {language!r} is not supported (known: auto, {', '.join(tc.codec_language_id)})")
+        raise PromptError("language", f"{language!r} is not supported (known: auto, {', '.join(tc.codec_language_id)})")
     lang_id = None if lang == "auto" else tc.codec_language_id[lang]
     dialect = tc.spk_is_dialect.get(speaker.lower(), False) if speaker else False
     if lang in ("chinese", "auto") and dialect:
@@ -63,10 +97,10 @@ def build_prompt(
     ref_codes: Tensor | None = None,
     non_streaming: bool = False,
 ) -> TalkerPrompt:
-    """The general builder; the task functions below pick its arguments. ICL when ref_ids and ref_codes are given."""
+    """The general builder; `build_task_prompt` picks its arguments. ICL when ref_ids and ref_codes are given."""
     tc = cfg.talker_config
-    if speaker is not None and speaker.lower() not in tc.spk_id:
-        raise ValueError(f"speaker {speaker!r} is not supported (known: {', '.join(tc.spk_id)})")
+    if speaker is not None:
+        check_speaker(cfg, speaker)
     P, C = talker.embed_text, talker.embed_codec
     lang_id = _language_id(cfg, language, speaker)
 
@@ -129,59 +163,54 @@ def _icl_tail(
     return text + codec, tts_pad
 
 
-def voice_clone_prompt(
+def build_task_prompt(
     talker: Talker,
     cfg: Qwen3TTSConfig,
     text_ids: Tensor,
-    xvector: Tensor,
     language: str = "auto",
+    *,
+    xvector: Tensor | None = None,
     ref_ids: Tensor | None = None,
     ref_codes: Tensor | None = None,
-    non_streaming: bool = False,
-) -> TalkerPrompt:
-    """Base model: x-vector only (no ref_ids/ref_codes) or ICL. The official default is streaming text."""
-    if (ref_ids is None) != (ref_codes is None):
-        raise ValueError("ICL voice clone needs both ref_ids and ref_codes (or neither, for x-vector only)")
-    return build_prompt(
-        talker,
-        cfg,
-        text_ids,
-        language,
-        xvector=xvector,
-        ref_ids=ref_ids,
-        ref_codes=ref_codes,
-        non_streaming=non_streaming,
-    )
-
-
-def custom_voice_prompt(
-    talker: Talker,
-    cfg: Qwen3TTSConfig,
-    text_ids: Tensor,
-    speaker: str,
-    language: str = "auto",
+    speaker: str | None = None,
     instruct_ids: Tensor | None = None,
-    non_streaming: bool = True,
+    non_streaming: bool | None = None,
 ) -> TalkerPrompt:
-    """CustomVoice: a built-in speaker. The 0.6B release takes no instruct: the official facade
+    """The prompt of the checkpoint's task (its `tts_model_type`) in that task's official layout: Base clones the
+    voice of `xvector` (in context when ref_ids and ref_codes come too), CustomVoice speaks as `speaker`, VoiceDesign
+    as `instruct_ids` describe (None for an empty description); inputs the task does not take are not used, one it
+    needs and lacks raises `PromptError`. `non_streaming` None is the official default: streaming text for Base, all
+    text in the prefill for the others. The 0.6B CustomVoice takes no instruct: the official facade
     (`Qwen3TTSModel.generate_custom_voice`) drops it when tts_model_size is "0b6"; so do we."""
-    if cfg.tts_model_size == "0b6":
-        instruct_ids = None
+    kind = cfg.tts_model_type
+    if kind == "base":
+        if xvector is None:
+            raise PromptError(
+                "voice", "a Base checkpoint clones a voice: it needs its x_vector (the speaker embedding)"
+            )
+        if (ref_ids is None) != (ref_codes is None):
+            raise PromptError("voice", "ICL cloning needs both ref_ids and ref_codes (or neither, for x-vector only)")
+        return build_prompt(
+            talker,
+            cfg,
+            text_ids,
+            language,
+            xvector=xvector,
+            ref_ids=ref_ids,
+            ref_codes=ref_codes,
+            non_streaming=bool(non_streaming),
+        )
+    if kind == "custom_voice":
+        if speaker is None:
+            raise PromptError("speaker", "a CustomVoice checkpoint speaks as one of its speakers: name one")
+        if cfg.tts_model_size == "0b6":
+            instruct_ids = None
+    else:
+        speaker = None
+    non_streaming = True if non_streaming is None else non_streaming
     return build_prompt(
         talker, cfg, text_ids, language, speaker=speaker, instruct_ids=instruct_ids, non_streaming=non_streaming
     )
-
-
-def voice_design_prompt(
-    talker: Talker,
-    cfg: Qwen3TTSConfig,
-    text_ids: Tensor,
-    instruct_ids: Tensor | None,
-    language: str = "auto",
-    non_streaming: bool = True,
-) -> TalkerPrompt:
-    """VoiceDesign: the voice described by an instruction (None for an empty one)."""
-    return build_prompt(talker, cfg, text_ids, language, instruct_ids=instruct_ids, non_streaming=non_streaming)
 
 
 def icl_trim_start(ref_frames: int, total_frames: int, num_samples: int) -> int:

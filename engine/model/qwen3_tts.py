@@ -23,17 +23,16 @@ from engine.model.generate import generate_codes
 from engine.model.loading import CheckpointFiles, Qwen3TTSNetwork, find_checkpoint, load_network, load_speech_tokenizer
 from engine.model.prompt import (
     TalkerPrompt,
-    custom_voice_prompt,
+    build_task_prompt,
+    check_language,
+    check_text,
     icl_trim_start,
-    voice_clone_prompt,
-    voice_design_prompt,
+    languages_of,
+    speakers_of,
 )
 from engine.model.sampling import SamplingParams
 from engine.model.speaker_encoder import extract_xvector
 from engine.model.text_tokenizer import TextTokenizer
-
-# the checkpoint's tts_model_type -> the task it serves
-TASK_OF_MODEL_TYPE = {"base": "voice_clone", "custom_voice": "custom_voice", "voice_design": "voice_design"}
 
 
 @dataclass
@@ -51,10 +50,10 @@ class VoicePrompt:
 
 @dataclass
 class SynthesisInput:
-    """One request to the model. `non_streaming_mode` None takes the official default of the task (streaming text
-    for voice clone, non-streaming for custom voice and voice design)."""
+    """One request to the model, for the task its checkpoint serves: a Base checkpoint clones `voice`, a CustomVoice
+    one speaks as `speaker` (with `instruct`), a VoiceDesign one as `instruct` describes. `non_streaming_mode` None
+    takes the official default of the task (streaming text for voice clone, non-streaming for the others)."""
 
-    task: str
     text: str
     language: str = "auto"
     speaker: str | None = None
@@ -125,17 +124,17 @@ class Qwen3TTS:
             raise RuntimeError(f"this model's {part} weights were released (they run in a stage worker)")
 
     @property
-    def task(self) -> str:
-        return TASK_OF_MODEL_TYPE[self.config.tts_model_type]
+    def model_type(self) -> str:
+        """The checkpoint's `tts_model_type` ("base", "custom_voice", "voice_design"): the one task it serves."""
+        return self.config.tts_model_type
 
     @property
     def languages(self) -> list[str]:
-        """What `language` accepts: auto plus the checkpoint's languages (dialects come with their speakers)."""
-        return ["auto"] + [k for k in self.config.talker_config.codec_language_id if "dialect" not in k]
+        return languages_of(self.config)
 
     @property
     def speakers(self) -> list[str]:
-        return sorted(self.config.talker_config.spk_id)
+        return speakers_of(self.config)
 
     def create_voice_prompt(
         self, audio: ReferenceAudio, ref_text: str | None = None, x_vector_only: bool = False
@@ -162,41 +161,25 @@ class Qwen3TTS:
         return VoicePrompt(x_vector, self.speech_tokenizer.encode(samples.to(self.device, self.dtype)))
 
     def build_prompt(self, request: SynthesisInput) -> TalkerPrompt:
-        """Validate the request against this checkpoint and lay out its talker prompt."""
-        if request.task != self.task:
-            raise ValueError(f"task: this checkpoint serves {self.task!r}, not {request.task!r}")
-        if not request.text.strip():
-            raise ValueError("text: empty")
-        if request.language.lower() not in self.languages:
-            raise ValueError(f"language: {request.language!r} is not one of {', '.join(self.languages)}")
+        """Check the request against this checkpoint and lay out its talker prompt; a `PromptError` (a ValueError)
+        names the field."""
+        check_text(request.text)
+        check_language(self.config, request.language)
         self._require("talker")  # its embeddings lay out the prompt
-        tok, cfg = self.text_tokenizer, self.config
-        text_ids = tok.assistant_text_ids(request.text)[None].to(self.device)
-        mode = {} if request.non_streaming_mode is None else {"non_streaming": request.non_streaming_mode}
-        instruct_ids = tok.instruct_ids(request.instruct)[None].to(self.device) if request.instruct else None
-        if self.task == "voice_clone":
-            voice = request.voice
-            if voice is None:
-                raise ValueError("voice: voice cloning needs a reference clip (create_voice_prompt)")
-            ref_ids = tok.ref_text_ids(voice.ref_text)[None].to(self.device) if voice.icl else None
-            ref_codes = voice.ref_codes.to(self.device) if voice.icl else None
-            return voice_clone_prompt(
-                self.talker,
-                cfg,
-                text_ids,
-                voice.x_vector.to(self.device, self.dtype),
-                request.language,
-                ref_ids,
-                ref_codes,
-                **mode,
-            )
-        if self.task == "custom_voice":
-            if not request.speaker or request.speaker.lower() not in cfg.talker_config.spk_id:
-                raise ValueError(f"speaker: {request.speaker!r} is not one of {', '.join(self.speakers)}")
-            return custom_voice_prompt(
-                self.talker, cfg, text_ids, request.speaker, request.language, instruct_ids, **mode
-            )
-        return voice_design_prompt(self.talker, cfg, text_ids, instruct_ids, request.language, **mode)
+        tok, dev, voice = self.text_tokenizer, self.device, request.voice
+        icl = voice is not None and voice.icl
+        return build_task_prompt(
+            self.talker,
+            self.config,
+            tok.assistant_text_ids(request.text)[None].to(dev),
+            request.language,
+            xvector=None if voice is None else voice.x_vector.to(dev, self.dtype),
+            ref_ids=tok.ref_text_ids(voice.ref_text)[None].to(dev) if icl else None,
+            ref_codes=voice.ref_codes.to(dev) if icl else None,
+            speaker=request.speaker,
+            instruct_ids=tok.instruct_ids(request.instruct)[None].to(dev) if request.instruct else None,
+            non_streaming=request.non_streaming_mode,
+        )
 
     def generate_codes(self, request: SynthesisInput, params: SamplingParams, seed: int | None = None) -> Tensor:
         """The generated code frames (frames, 16); `seed` makes sampling repeatable (as torch.manual_seed(seed)

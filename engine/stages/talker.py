@@ -36,7 +36,7 @@ from engine.config import ChunkingConfig, StageConfig
 from engine.model.config import Qwen3TTSConfig
 from engine.model.device import host_tensor
 from engine.model.generate import draw_code0, next_talker_input, predictor_pick
-from engine.model.prompt import TalkerPrompt, custom_voice_prompt, voice_clone_prompt, voice_design_prompt
+from engine.model.prompt import PromptError, TalkerPrompt, build_task_prompt
 from engine.model.sampling import SamplingParams
 from engine.model.talker import Talker
 from engine.stages.chunker import Chunker
@@ -44,10 +44,6 @@ from engine.stages.messages import Cancel, Credit, Failed, StageInput, StageOutp
 from telemetry import events as ev
 
 log = logging.getLogger(__name__)
-
-
-class JobError(ValueError):
-    """A job the talker cannot lay out (a field its checkpoint needs is missing); the message names the field."""
 
 
 @dataclass
@@ -155,7 +151,7 @@ class TalkerStage:
             rid = job.request_id
             try:
                 prompt = self._build_prompt(job)
-            except JobError as exc:
+            except PromptError as exc:
                 log.warning("request %s: talker: %s", rid, exc)
                 out.append(Failed(rid, f"talker: {exc}"))
                 continue
@@ -193,26 +189,24 @@ class TalkerStage:
             self._rows[rid] = _Row(rid, slot, n, limit, job.params, generator, prompt.trailing, prompt.tts_pad, chunks)
 
     def _build_prompt(self, job: TalkerJob) -> TalkerPrompt:
-        """The prompt of the checkpoint's task from the job's fields; a missing field raises (-> Failed)."""
-        cfg, talker, dev = self.config, self.talker, self.device
-        text_ids = job.text_ids.to(dev)[None]
-        mode = {} if job.non_streaming is None else {"non_streaming": job.non_streaming}
-        instruct_ids = None if job.instruct_ids is None else job.instruct_ids.to(dev)[None]
-        kind = cfg.tts_model_type
-        if kind == "base":
-            if job.x_vector is None:
-                raise JobError("x_vector: voice cloning needs the speaker embedding")
-            ref_ids = None if job.ref_ids is None else job.ref_ids.to(dev)[None]
-            ref_codes = None if job.ref_codes is None else job.ref_codes.to(dev)
-            x_vector = job.x_vector.to(dev, self.dtype)
-            return voice_clone_prompt(talker, cfg, text_ids, x_vector, job.language, ref_ids, ref_codes, **mode)
-        if kind == "custom_voice":
-            if job.speaker is None:
-                raise JobError("speaker: a custom-voice checkpoint needs one")
-            return custom_voice_prompt(talker, cfg, text_ids, job.speaker, job.language, instruct_ids, **mode)
-        if kind == "voice_design":
-            return voice_design_prompt(talker, cfg, text_ids, instruct_ids, job.language, **mode)
-        raise JobError(f"tts_model_type {kind!r} is not served")
+        """The prompt of the checkpoint's task from the job's fields; one it lacks raises `PromptError` (-> Failed)."""
+        dev = self.device
+
+        def batch_of_one(ids: Tensor | None) -> Tensor | None:  # (n,) token ids -> (1, n) on the device
+            return None if ids is None else ids.to(dev)[None]
+
+        return build_task_prompt(
+            self.talker,
+            self.config,
+            batch_of_one(job.text_ids),
+            job.language,
+            xvector=None if job.x_vector is None else job.x_vector.to(dev, self.dtype),
+            ref_ids=batch_of_one(job.ref_ids),
+            ref_codes=None if job.ref_codes is None else job.ref_codes.to(dev),
+            speaker=job.speaker,
+            instruct_ids=batch_of_one(job.instruct_ids),
+            non_streaming=job.non_streaming,
+        )
 
     # the decode step
 

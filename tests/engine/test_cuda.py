@@ -79,7 +79,7 @@ def reference_wav(model: Qwen3TTS, request: SpeechRequest) -> np.ndarray:
     clip = load_reference_audio(request.ref_audio, max_seconds=30)
     voice = model.create_voice_prompt(clip, request.ref_text)
     params = dataclasses.replace(request.sampling or model.sampling_defaults, max_new_tokens=request.max_new_tokens)
-    inp = SynthesisInput(task="voice_clone", text=request.text, language=request.language, voice=voice)
+    inp = SynthesisInput(text=request.text, language=request.language, voice=voice)
     wav = model.synthesize(inp, params, seed=request.seed).wav
     return wav[len(wav) % 1920 :]  # the official ICL cut may keep one extra sample; the stream cuts at ref * 1920
 

@@ -109,7 +109,7 @@ def reference_audio(model: Qwen3TTS, request: SpeechRequest, clips, seed: int | 
     clip = load_reference_audio(request.ref_audio, max_seconds=30)
     voice = model.create_voice_prompt(clip, request.ref_text, x_vector_only=request.x_vector_only)
     params = dataclasses.replace(request.sampling or model.sampling_defaults, max_new_tokens=request.max_new_tokens)
-    inp = SynthesisInput(task="voice_clone", text=request.text, language=request.language, voice=voice)
+    inp = SynthesisInput(text=request.text, language=request.language, voice=voice)
     wav = model.synthesize(inp, params, seed=seed).wav
     # the official ICL cut int(ref/total * N) can keep one extra leading sample; the stream cuts at ref * 1920
     return wav[len(wav) % 1920 :] if voice.icl else wav
@@ -125,7 +125,7 @@ def test_mp_stages_hold_the_weights_the_engine_process_lets_go(mp: Engine, uni: 
     assert not on_meta(uni.model.talker) and not on_meta(uni.model.speech_tokenizer.decoder)  # uni stages use them
     np.testing.assert_array_equal(mp.synthesize(clone(clips, frames=6)).wav, uni.synthesize(clone(clips, frames=6)).wav)
     with pytest.raises(RuntimeError, match="talker weights were released"):
-        model.generate_codes(SynthesisInput("voice_clone", "Hi.", voice=None), GREEDY)
+        model.generate_codes(SynthesisInput("Hi.", voice=None), GREEDY)
 
 
 @pytest.mark.parametrize("kind", ["icl_greedy", "icl_seeded", "xvector_greedy", "xvector_seeded"])

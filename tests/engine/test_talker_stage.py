@@ -83,16 +83,16 @@ def codes_of(out: list, rid: str) -> torch.Tensor:
 
 
 def clone(text: str, voice: VoicePrompt) -> SynthesisInput:
-    return SynthesisInput("voice_clone", text, voice=voice)
+    return SynthesisInput(text, voice=voice)
 
 
 @pytest.mark.parametrize("params,seed", [(GREEDY, None), (SEEDED, 1234)], ids=["greedy", "seeded"])
 @pytest.mark.parametrize("task", ["voice_clone_icl", "custom_voice", "voice_design"])
 def test_alone_the_stage_gives_the_reference_codes(models, icl_voice, task, params, seed):
     if task == "custom_voice":
-        model, request = models["custom_voice"], SynthesisInput("custom_voice", "hello there", speaker="serena")
+        model, request = models["custom_voice"], SynthesisInput("hello there", speaker="serena")
     elif task == "voice_design":
-        request = SynthesisInput("voice_design", "hello there", language="english", instruct="a calm low voice")
+        request = SynthesisInput("hello there", language="english", instruct="a calm low voice")
         model = models["voice_design"]
     else:
         model, request = models["base"], clone("hello there, this is a test", icl_voice)
@@ -209,7 +209,7 @@ def test_a_request_without_credits_pauses_while_others_go_on(models, icl_voice):
 def test_a_bad_job_fails_alone(models, icl_voice):
     model = models["base"]
     stage = make_stage(model, max_model_len=64)
-    long_text = SynthesisInput("voice_clone", " ".join(["word"] * 80), voice=icl_voice, non_streaming_mode=True)
+    long_text = SynthesisInput(" ".join(["word"] * 80), voice=icl_voice, non_streaming_mode=True)
     stage.submit(job(model, "long", long_text, GREEDY, None))  # the whole text in the prompt
     ok = clone("short", VoicePrompt(icl_voice.x_vector))  # x-vector only: a short prompt
     stage.submit(job(model, "ok", ok, GREEDY, None))
@@ -282,7 +282,7 @@ def test_max_model_len_caps_the_frames(models, icl_voice):
 def test_eos_stops_a_request_early(models):
     model = models["base_eos"]
     x_vector = torch.randn(model.config.talker_config.hidden_size, generator=torch.Generator().manual_seed(0))
-    request = SynthesisInput("voice_clone", "stop soon", voice=VoicePrompt(x_vector))
+    request = SynthesisInput("stop soon", voice=VoicePrompt(x_vector))
     params = SamplingParams(do_sample=False, subtalker_dosample=False, max_new_tokens=200)
     reference = model.generate_codes(request, params)
     assert 0 < reference.shape[0] < 199

@@ -15,7 +15,7 @@ from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
 
 GREEDY = SamplingParams(do_sample=False, subtalker_dosample=False, max_new_tokens=6)
-DESIGN = SynthesisInput(task="voice_design", text="Hello.", instruct="A calm voice.")
+DESIGN = SynthesisInput(text="Hello.", instruct="A calm voice.")
 
 
 @pytest.fixture

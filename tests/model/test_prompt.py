@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from engine.model.generate import generate_codes
-from engine.model.prompt import build_prompt, custom_voice_prompt, icl_trim_start, voice_clone_prompt
+from engine.model.prompt import PromptError, build_prompt, build_task_prompt, icl_trim_start
 from engine.model.sampling import SamplingParams
 from tests.model.tiny_talker import text_ids, tiny_config, tiny_talker, wrapped_ids
 
@@ -18,10 +20,10 @@ GREEDY = dict(do_sample=False, subtalker_dosample=False)
 
 def test_streaming_text_feeds_the_first_body_token_in_prefill_and_the_rest_per_step():
     # role 3 + codec prefix (think, think_bos, lang, think_eos, x-vector, pad) + first text token with bos
-    p = voice_clone_prompt(TALKER, CFG, text_ids(9), torch.randn(64), language="english")
+    p = build_prompt(TALKER, CFG, text_ids(9), "english", xvector=torch.randn(64))
     assert p.embeds.shape == (1, 3 + 6 + 1, 64)
     assert p.trailing.shape == (9 - 1 + 1, 64)  # body[1:] + tts_eos
-    auto = voice_clone_prompt(TALKER, CFG, text_ids(9), torch.randn(64))
+    auto = build_prompt(TALKER, CFG, text_ids(9), xvector=torch.randn(64))
     assert auto.embeds.shape[1] == 9  # "auto" has no language slot
 
 
@@ -33,11 +35,11 @@ def test_non_streaming_puts_all_text_in_the_prefill():
 
 def test_instruct_is_prepended_and_dropped_for_the_06b_custom_voice():
     ins = wrapped_ids(5)
-    with_ins = custom_voice_prompt(TALKER, CFG, text_ids(4), "serena", "english", instruct_ids=ins)
-    plain = custom_voice_prompt(TALKER, CFG, text_ids(4), "serena", "english")
+    with_ins = build_task_prompt(TALKER, CFG, text_ids(4), "english", speaker="serena", instruct_ids=ins)
+    plain = build_task_prompt(TALKER, CFG, text_ids(4), "english", speaker="serena")
     assert with_ins.embeds.shape[1] == plain.embeds.shape[1] + ins.shape[1]
     small = tiny_config(tts_model_size="0b6")
-    dropped = custom_voice_prompt(TALKER, small, text_ids(4), "serena", "english", instruct_ids=ins)
+    dropped = build_task_prompt(TALKER, small, text_ids(4), "english", speaker="serena", instruct_ids=ins)
     assert torch.equal(dropped.embeds, plain.embeds)
 
 
@@ -55,7 +57,9 @@ def test_dialect_speaker_switches_chinese_and_auto_to_the_dialect_id():
 def test_icl_streaming_aligns_text_with_reference_frames(frames, text_rows_left):
     # text = ref body 5 + body 3 + tts_eos = 9 rows; codec = bos + frames
     ref_codes = torch.randint(0, 2048, (frames, 16))
-    p = voice_clone_prompt(TALKER, CFG, text_ids(3), torch.randn(64), "english", wrapped_ids(5), ref_codes)
+    p = build_prompt(
+        TALKER, CFG, text_ids(3), "english", xvector=torch.randn(64), ref_ids=wrapped_ids(5), ref_codes=ref_codes
+    )
     assert p.embeds.shape[1] == 3 + 6 + frames + 1
     if text_rows_left:
         assert p.trailing.shape[0] == 9 - (frames + 1) == text_rows_left
@@ -64,14 +68,14 @@ def test_icl_streaming_aligns_text_with_reference_frames(frames, text_rows_left)
 
 
 def test_icl_non_streaming_prefills_text_then_reference_frames():
-    p = voice_clone_prompt(
+    p = build_prompt(
         TALKER,
         CFG,
         text_ids(3),
-        torch.randn(64),
         "english",
-        wrapped_ids(5),
-        torch.randint(0, 2048, (6, 16)),
+        xvector=torch.randn(64),
+        ref_ids=wrapped_ids(5),
+        ref_codes=torch.randint(0, 2048, (6, 16)),
         non_streaming=True,
     )
     assert p.embeds.shape[1] == 3 + 6 + 9 + 7
@@ -82,6 +86,40 @@ def test_unknown_speaker_or_language_is_refused():
         build_prompt(TALKER, CFG, text_ids(3), speaker="nobody")
     with pytest.raises(ValueError, match="language"):
         build_prompt(TALKER, CFG, text_ids(3), "klingon")
+
+
+def test_the_task_prompt_is_the_checkpoints_layout_with_the_official_text_mode():
+    ids, xvector, ref_codes = text_ids(5), torch.randn(64), torch.randint(0, 2048, (4, 16))
+    base = dataclasses.replace(CFG, tts_model_type="base")
+    icl = build_task_prompt(TALKER, base, ids, "english", xvector=xvector, ref_ids=wrapped_ids(3), ref_codes=ref_codes)
+    expected = build_prompt(TALKER, CFG, ids, "english", xvector=xvector, ref_ids=wrapped_ids(3), ref_codes=ref_codes)
+    assert torch.equal(icl.embeds, expected.embeds)  # voice clone streams its text by default
+    speaker = build_task_prompt(TALKER, CFG, ids, "english", speaker="serena", xvector=xvector)  # x-vector unused
+    assert torch.equal(
+        speaker.embeds, build_prompt(TALKER, CFG, ids, "english", speaker="serena", non_streaming=True).embeds
+    )
+    design = dataclasses.replace(CFG, tts_model_type="voice_design")
+    described = build_task_prompt(TALKER, design, ids, "english", speaker="serena", instruct_ids=wrapped_ids(4))
+    assert torch.equal(
+        described.embeds,
+        build_prompt(TALKER, CFG, ids, "english", instruct_ids=wrapped_ids(4), non_streaming=True).embeds,
+    )
+
+
+@pytest.mark.parametrize(
+    "model_type, inputs, field",
+    [
+        ("base", {}, "voice"),
+        ("base", {"xvector": torch.randn(64), "ref_ids": wrapped_ids(3)}, "voice"),  # ICL without reference codes
+        ("custom_voice", {}, "speaker"),
+        ("custom_voice", {"speaker": "nobody"}, "speaker"),
+    ],
+)
+def test_the_task_prompt_refuses_a_missing_input_by_name(model_type, inputs, field):
+    cfg = dataclasses.replace(CFG, tts_model_type=model_type)
+    with pytest.raises(PromptError) as refused:
+        build_task_prompt(TALKER, cfg, text_ids(3), "english", **inputs)
+    assert refused.value.field == field
 
 
 def test_icl_trim_cuts_the_reference_share_of_the_samples():

@@ -49,7 +49,6 @@ def voice_prompt(model: Qwen3TTS, case: dict, clips: dict[str, Path]) -> VoicePr
 def run_ours(model: Qwen3TTS, case: dict, clips: dict[str, Path]) -> tuple[torch.Tensor, np.ndarray]:
     voice = voice_prompt(model, case, clips) if "ref" in case else None
     request = SynthesisInput(
-        task=case["task"],
         text=case["text"],
         language=case.get("language", "auto"),
         speaker=case.get("speaker"),
