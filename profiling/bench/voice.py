@@ -1,5 +1,6 @@
-"""Time to first audio of the first request that clones a new clip: cold, against after `Engine.prepare_voice` (what
-the app does when a clip is uploaded), with the ratio.
+"""First audio of a request cloning a new clip: cold, against after `Engine.prepare_voice`, with the ratio.
+
+"Prepared" is what the app does when a clip is uploaded.
 
     python -m profiling.bench voice --size tiny --clip-seconds 10 --repeats 3
     python -m profiling.bench voice --size mid --clip-seconds 10 --repeats 3 --think 12
