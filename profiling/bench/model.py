@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     with bench_checkpoint(args, Task.CUSTOM_VOICE) as checkpoint:
         model = Qwen3TTS.from_pretrained(checkpoint.path)
-        request = SynthesisInput(task="custom_voice", text=TEXT, speaker="vivian", language="English")
+        request = SynthesisInput(text=TEXT, speaker="vivian", language="English")
         params = SamplingParams(do_sample=False, subtalker_dosample=False, max_new_tokens=args.frames + 1)
         print("timing ours ...", file=sys.stderr)
         ours = time_ours(model, request, params, args.repeats)
