@@ -93,9 +93,10 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def serve(argv: list[str]) -> int:
     from ui.app import create_app
+    from ui.describe import describe
     from ui.server import ServeConfig
     from ui.server import serve as serve_app
-    from ui.state import EngineManager, describe
+    from ui.state import AppState
 
     args = parse_serve_args(argv)
     hosts = allowed_hosts(args)
@@ -106,12 +107,12 @@ def serve(argv: list[str]) -> int:
               file=sys.stderr)  # fmt: skip
     print(f"Starting the engine ({describe(config)}) …", file=sys.stderr)
     t0 = time.perf_counter()
-    manager = EngineManager(config)
+    app_state = AppState.start(config)
     print(f"Engine ready in {time.perf_counter() - t0:.1f} s. The app is at /, the API at POST /v1/audio/speech, "
           "health at /health and /ready.", file=sys.stderr)  # fmt: skip
     which = "any Host (--allowed-hosts '*')" if "*" in hosts else f"Host {', '.join(hosts)} (any port)"
     print(f"Answering requests for {which}; others get 400.", file=sys.stderr)
-    serve_app(create_app(manager), served, on_shutdown=manager.close)
+    serve_app(create_app(app_state), served, on_shutdown=app_state.close)
     return 0
 
 

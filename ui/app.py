@@ -6,9 +6,10 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
+from ui.describe import describe
 from ui.player import add_stream_route
 from ui.server import create_server
-from ui.state import EngineManager, describe
+from ui.state import AppState
 from ui.uploads import Uploads
 from ui.views import benchmark, compare, runs, saved_voices, synthesize, tune
 from ui.views.render import CARD_CSS
@@ -22,34 +23,35 @@ RANDOM_WEIGHTS = (
 )
 
 
-def build_app(manager: EngineManager) -> gr.Blocks:
+def build_app(app_state: AppState) -> gr.Blocks:
+    engines = app_state.engines
     with gr.Blocks(title="Voxtrace", analytics_enabled=False) as app:
         uploads = Uploads(app)
         gr.Markdown(
-            f"# Voxtrace\nQwen3-TTS serving engine with its profiler · serving engine: `{describe(manager.config)}`"
+            f"# Voxtrace\nQwen3-TTS serving engine with its profiler · serving engine: `{describe(engines.config)}`"
         )
-        if manager.is_tiny:
+        if engines.info.tiny:
             gr.HTML(RANDOM_WEIGHTS)
         with gr.Tab("Synthesize"):
-            saved = synthesize.build(manager, uploads)
+            saved = synthesize.build(app_state, uploads)
         with gr.Tab("Compare"):
-            compare.build(manager, uploads)
+            compare.build(app_state, uploads)
         with gr.Tab("Benchmark"):
-            benchmark.build(manager)
+            benchmark.build(app_state)
         with gr.Tab("Tune"):
-            tune.build(manager)
+            tune.build(app_state)
         with gr.Tab("Runs") as runs_tab:
-            shown = runs.build(manager)
-        runs_tab.select(lambda: runs.refresh(manager), None, list(shown), api_visibility="private")
-        app.load(lambda: saved_voices.choices(manager), None, [saved], api_visibility="private")
+            shown = runs.build(app_state.runs)
+        runs_tab.select(lambda: runs.refresh(app_state.runs), None, list(shown), api_visibility="private")
+        app.load(lambda: saved_voices.choices(app_state.voices), None, [saved], api_visibility="private")
     return app
 
 
-def create_app(manager: EngineManager) -> FastAPI:
+def create_app(app_state: AppState) -> FastAPI:
     """One server: the HTTP API's routes (over the serving engine), the player's stream route, and the Gradio app at
     "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server paths."""
-    server = create_server(manager.serving)
-    add_stream_route(server, manager.streams)
-    blocks = build_app(manager)
+    server = create_server(app_state.engines.serving)
+    add_stream_route(server, app_state.streams)
+    blocks = build_app(app_state)
     blocks.queue(default_concurrency_limit=4)
     return gr.mount_gradio_app(server, blocks, path="/", max_file_size=MAX_UPLOAD, css=CARD_CSS, show_error=False)

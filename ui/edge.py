@@ -1,7 +1,7 @@
 """The server's edge: what every request passes before any route sees it (the HTTP API, Gradio's routes and the
 player's streams alike). `ui.server.make_server` wraps the whole app in it:
 
-    app = Edge(create_app(manager), EdgeLimits(allowed_hosts=("127.0.0.1", "localhost", "[::1]")))
+    app = Edge(create_app(app_state), EdgeLimits(allowed_hosts=("127.0.0.1", "localhost", "[::1]")))
 
 - each request gets an id in its ASGI scope's state (`request_id(scope)`), so every log line about it names it;
 - the Host header must be on an allowlist (a page elsewhere whose name resolves to 127.0.0.1 must not reach a

@@ -20,11 +20,11 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
 from engine import Engine, EngineConfig
-from engine.model.loading import find_checkpoint
 from ui.describe import describe
 
 log = logging.getLogger("voxtrace.lab")
@@ -49,9 +49,14 @@ class LabUnavailable(RuntimeError):
 
 
 def checkpoint_bytes(checkpoint: str) -> int:
-    """The size of a checkpoint's weight files (the talker's and the codec's)."""
-    files = find_checkpoint(checkpoint)
-    return sum(p.stat().st_size for p in (*files.weights, *files.speech_tokenizer_weights))
+    """The size of a checkpoint's weight files (the talker's and the codec's, `*.safetensors` under its folder): a
+    local folder, or a Hub id's folder in the local Hub cache, where the serving engine has just put it."""
+    root = Path(checkpoint)
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(checkpoint, local_files_only=True))
+    return sum(p.stat().st_size for p in root.rglob("*.safetensors"))
 
 
 def free_memory(device: str) -> int:

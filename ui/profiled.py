@@ -8,60 +8,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
-from profiling.gpu_idle import IdleSplit
-from profiling.metrics import RequestBreakdown, RequestMetrics, RunMetrics
-from profiling.run import profile_run_async
+from profiling.run import RunResult, profile_run_async
 from profiling.sweep import Bench, sweep_engine
-from telemetry.events import Timeline
 
 OnChunk = Callable[[AudioChunk], None]
 
 
 @dataclass
-class RunOutcome:
-    """One profiled run: what the views draw and what the user downloads."""
+class ProfiledRun:
+    """One profiled run as a view shows it: the runner's `RunResult`, and beside it what the result does not hold:
+    which run it is on the page, the seed each request used (it rides on every chunk) and the files to download."""
 
     label: str
-    timeline: Timeline
-    requests: list[RequestMetrics]
-    run: RunMetrics
-    breakdowns: dict[str, RequestBreakdown]
-    wavs: dict[str, np.ndarray]  # request id -> its audio
-    seeds: dict[str, int | None]
-    sample_rate: int
-    errors: dict[str, str] = field(default_factory=dict)  # request id -> why it failed
+    result: RunResult
+    seeds: dict[str, int | None]  # request id -> the seed it sampled with (None: greedy)
     files: dict[str, Path] = field(default_factory=dict)  # audio, trace (Perfetto JSON), tensorboard (zip), metrics
-    gpu_idle: IdleSplit | None = None  # a torch capture of a CUDA run
-    cpu_percent: float = float("nan")  # mean CPU % of the engine's processes together (100 = one core)
-    gpu_busy_percent: float = float("nan")  # mean NVML busy % over the GPUs; NaN without one
-
-
-class _Tap:
-    """The engine as the runner sees it, with each chunk also handed to `on_chunk` (the live player) and the seed
-    each request used noted down (it rides on every chunk)."""
-
-    def __init__(self, engine: Engine, on_chunk: OnChunk | None) -> None:
-        self._engine, self._on_chunk = engine, on_chunk
-        self.seeds: dict[str, int | None] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    async def generate(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
-        async for chunk in self._engine.generate(request):
-            self.seeds[request.request_id] = chunk.seed
-            if self._on_chunk is not None:
-                self._on_chunk(chunk)
-            yield chunk
 
 
 async def run_requests(
@@ -72,31 +39,26 @@ async def run_requests(
     label: str = "run",
     on_chunk: OnChunk | None = None,
     torch_capture: bool = False,
-) -> RunOutcome:
-    """Send `requests` with at most `concurrency` in flight; the run's files go under `run_dir`."""
-    tap = _Tap(engine, on_chunk)
-    result = await profile_run_async(tap, requests, concurrency=concurrency, capture=torch_capture, run_dir=run_dir)
+) -> ProfiledRun:
+    """Send `requests` with at most `concurrency` in flight, each chunk also handed to `on_chunk` (the live player)
+    as it arrives; the run's files go under `run_dir`."""
+    seeds: dict[str, int | None] = {r.request_id: None for r in requests}
+
+    def seen(chunk: AudioChunk) -> None:
+        seeds[chunk.request_id] = chunk.seed
+        if on_chunk is not None:
+            on_chunk(chunk)
+
+    result = await profile_run_async(
+        engine, requests, concurrency=concurrency, capture=torch_capture, run_dir=run_dir, on_chunk=seen
+    )
     files = {"trace": run_dir / "trace.json", "metrics": run_dir / "metrics.json"}
     audio = sorted((run_dir / "audio").glob("*.wav"))
     if len(audio) == 1:
         files["audio"] = audio[0]
     if torch_capture and any(run_dir.glob("tb/*.json")):
         files["tensorboard"] = Path(shutil.make_archive(str(run_dir / "tensorboard"), "zip", run_dir, "tb"))
-    return RunOutcome(
-        label=label,
-        timeline=result.timeline,
-        requests=result.per_request,
-        run=result.metrics,
-        breakdowns=result.breakdowns,
-        wavs=result.audio,
-        seeds={rid: tap.seeds.get(rid) for rid in result.requests},
-        sample_rate=result.sample_rate,
-        errors=result.errors,
-        files=files,
-        gpu_idle=result.gpu_idle,
-        cpu_percent=result.cpu_percent,
-        gpu_busy_percent=result.gpu_busy_mean_percent,
-    )
+    return ProfiledRun(label, result, seeds, files)
 
 
 async def sweep(

@@ -14,13 +14,13 @@ import uvicorn
 
 from engine import EngineConfig
 from ui.app import create_app
-from ui.state import EngineManager
+from ui.state import AppState
 
 
 @dataclass
 class RunningApp:
     url: str
-    manager: EngineManager
+    state: AppState
 
 
 def free_port() -> int:
@@ -31,12 +31,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    manager = EngineManager(
+    state = AppState.start(
         EngineConfig(), runs_dir=tmp_path_factory.mktemp("runs"), data_dir=tmp_path_factory.mktemp("data")
     )
     port = free_port()
     config = uvicorn.Config(
-        create_app(manager), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+        create_app(state), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -46,8 +46,8 @@ def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp
         assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
         time.sleep(0.05)
     try:
-        yield RunningApp(f"http://127.0.0.1:{port}", manager)
+        yield RunningApp(f"http://127.0.0.1:{port}", state)
     finally:
         server.should_exit = True
         thread.join(30)
-        manager.close()
+        state.close()

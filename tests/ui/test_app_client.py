@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 import uuid
@@ -21,8 +22,9 @@ from gradio_client.exceptions import AppError
 
 from tests.ui.conftest import RunningApp
 from ui.uploads import NOT_UPLOADED
+from ui.views.synthesize import SynthesisForm
 
-# the Synthesize handler's inputs in order (gradio_client names them param_0, param_1, ...), with the page's defaults
+# the Synthesize form's fields in order (gradio_client names them param_0, param_1, ...), with the page's defaults
 SYNTH_FIELDS = {
     "task": "voice_clone", "text": "Hello.", "language": "auto", "ref_audio": None, "ref_text": "",
     "x_vector_only": False, "saved_voice": "(upload or record a clip)", "speaker": None, "instruct": "",
@@ -30,6 +32,10 @@ SYNTH_FIELDS = {
     "talker_executor": "uni", "code2wav_executor": "uni", "max_num_seqs": 8, "first_chunk_frames": 2,
     "chunk_frames": 8, "torch_capture": False,
 }  # fmt: skip
+
+
+def test_a_script_sends_the_synthesis_form_in_its_field_order() -> None:
+    assert list(SYNTH_FIELDS) == [f.name for f in dataclasses.fields(SynthesisForm)]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +82,8 @@ def wav_of(files: list[str]) -> np.ndarray:
 def test_a_custom_voice_with_a_speaker(client: Client, running_app: RunningApp) -> None:
     speakers, _, status = client.predict("custom_voice", api_name="/set_task")  # another tiny checkpoint: a lab engine
     assert "lab engine (tiny-custom_voice" in status
-    lab = running_app.manager.lab
-    assert speakers["value"] in lab.engine_if_up(lab.config).model.speakers
+    lab = running_app.state.engines.lab
+    assert speakers["value"] in lab.engine_if_up(lab.config).info.speakers
     speaker = speakers["value"]
     out = synthesize(client, task="custom_voice", text="Hi.", speaker=speaker, max_new_tokens=10, seed=3)
     assert out["seed"] == 3
@@ -117,7 +123,7 @@ def test_an_uploaded_clip_is_encoded_before_generate(
     client.predict("voice_clone", api_name="/set_task")
     status = client.predict("voice_clone", handle_file(str(fresh)), api_name="/prepare_voice")  # on upload
     assert status.startswith("Reference clip ready: encoded in")
-    voices = running_app.manager.serving.prep.voices
+    voices = running_app.state.engines.serving.prep.voices
     hits, misses = voices.hits, voices.misses
     synthesize(client, text="Ready.", ref_audio=handle_file(str(fresh)), ref_text="Reference.", max_new_tokens=4)
     assert (voices.hits, voices.misses) == (hits + 1, misses)  # Generate found the voice encoded
@@ -150,11 +156,11 @@ def test_a_saved_voice_is_picked_again_by_any_visitor(
     with pytest.raises(AppError, match="A voice name is"):  # a name is never a path
         client.predict("../me", handle_file(str(clips["mono"])), "", True, api_name="/save_voice")
     # on disk under the app's data folder (so it outlives the app), in files named by the library
-    files = sorted(p.suffix for p in running_app.manager.voices.folder.iterdir())
+    files = sorted(p.suffix for p in running_app.state.voices.folder.iterdir())
     assert files == [".clip", ".json"]
     deleted = other.predict("me", api_name="/delete_voice")
     assert "me" not in [value for _, value in deleted["choices"]]
-    assert not any(running_app.manager.voices.folder.iterdir())
+    assert not any(running_app.state.voices.folder.iterdir())
 
 
 def test_a_comparison_of_uni_against_mp(client: Client) -> None:
@@ -209,7 +215,7 @@ def test_a_file_on_the_server_is_never_read_through_the_page_api(running_app: Ru
         event, data = answers[0]
         assert (event, data["error"]) == ("error", NOT_UPLOADED), api_name
     assert not list(Path(get_upload_folder()).rglob(outside.name))  # Gradio did not copy it either
-    assert "stolen" not in running_app.manager.voices.names()
+    assert "stolen" not in running_app.state.voices.names()
 
 
 def test_a_page_with_other_settings_never_touches_the_serving_engine(
@@ -217,8 +223,8 @@ def test_a_page_with_other_settings_never_touches_the_serving_engine(
 ) -> None:
     """A Generate with another executor runs on a lab engine while HTTP API streams run on the serving engine: every
     stream ends whole, and the serving engine is the one the server started with."""
-    manager = running_app.manager
-    serving = manager.serving
+    engines = running_app.state.engines
+    serving = engines.serving
     clip = base64.b64encode(clips["mono"].read_bytes()).decode()
     frames = 60
     body = {"input": "A long answer that keeps streaming.", "ref_audio": clip, "x_vector_only_mode": True,
@@ -249,7 +255,7 @@ def test_a_page_with_other_settings_never_touches_the_serving_engine(
         pcm = [future.result(timeout=300) for future in streams]
     assert "on the lab engine (tiny-base · talker mp · code2wav uni" in page["status"]
     assert [len(p) for p in pcm] == [frames * 1920 * 2] * len(pcm)  # s16le: every frame of every stream arrived
-    assert manager.serving is serving and all(serving.ready().values())
-    assert manager.lab.config.talker.executor == "mp"
+    assert engines.serving is serving and all(serving.ready().values())
+    assert engines.lab.config.talker.executor == "mp"
     again = synthesize(client, text="Serving.", ref_audio=voice, x_vector_only=True, max_new_tokens=4, seed=2)
     assert "on the serving engine (tiny-base · talker uni · code2wav uni" in again["status"]

@@ -17,7 +17,7 @@ from engine import EngineConfig
 from tests.ui.live_server import Live, serving
 from ui.app import create_app
 from ui.server import EdgeLimits
-from ui.state import EngineManager
+from ui.state import AppState
 
 JSON_LIMIT = 64 * 1024
 UPLOAD_LIMIT = 1024 * 1024
@@ -27,12 +27,12 @@ EDGE = EdgeLimits(body_bytes=JSON_LIMIT, upload_body_bytes=UPLOAD_LIMIT, body_ti
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    manager = EngineManager(EngineConfig(), runs_dir=tmp_path_factory.mktemp("runs"))
+    state = AppState.start(EngineConfig(), runs_dir=tmp_path_factory.mktemp("runs"))
     try:
-        with serving(create_app(manager), EDGE) as live:
+        with serving(create_app(state), EDGE) as live:
             yield live
     finally:
-        manager.close()
+        state.close()
 
 
 def answer(live: Live, request: bytes) -> tuple[bytes, float]:

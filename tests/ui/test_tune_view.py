@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from engine import EngineConfig
-from ui.state import EngineManager
+from ui.state import AppState
 from ui.views import tune as tune_view
 
 WORKLOAD = {
@@ -22,21 +22,25 @@ WORKLOAD = {
 
 
 @pytest.fixture(scope="module")
-def manager(tmp_path_factory: pytest.TempPathFactory):
+def app(tmp_path_factory: pytest.TempPathFactory):
     """One app state for the module: building its serving engine takes seconds."""
     root = tmp_path_factory.mktemp("tune-view")
-    manager = EngineManager(EngineConfig(), runs_dir=root / "runs", data_dir=root / "data")
-    yield manager
-    manager.close()
+    app = AppState.start(EngineConfig(), runs_dir=root / "runs", data_dir=root / "data")
+    yield app
+    app.close()
 
 
-async def collect(manager: EngineManager, workload: str) -> list[tuple]:
-    name = next(iter(tune_view.preset_configs(manager)))
-    return [u async for u in tune_view.run_tune(manager, name, workload, "30s", [], 4)]
+def form(app: AppState, workload: str, budget: str = "30s") -> tune_view.TuneForm:
+    """The page's form as a visitor fills it: the first preset, no knobs ticked (the workload has `space:`)."""
+    return tune_view.TuneForm(next(iter(tune_view.preset_configs(app.engines.config))), workload, budget, [], 4)
 
 
-def test_a_tune_from_the_page_fills_the_chart_in_and_ends_with_the_config(manager: EngineManager) -> None:
-    updates = asyncio.run(collect(manager, yaml.safe_dump(WORKLOAD)))
+async def collect(app: AppState, workload: str, budget: str = "30s") -> list[tuple]:
+    return [u async for u in tune_view.run_tune(app, form(app, workload, budget))]
+
+
+def test_a_tune_from_the_page_fills_the_chart_in_and_ends_with_the_config(app: AppState) -> None:
+    updates = asyncio.run(collect(app, yaml.safe_dump(WORKLOAD)))
 
     *searching, (chart, rows, findings, config, files) = updates
     assert searching and all(u[2] == "*searching…*" for u in searching)  # one update per finished run
@@ -44,28 +48,24 @@ def test_a_tune_from_the_page_fills_the_chart_in_and_ends_with_the_config(manage
     assert findings.startswith("**2 candidates")
     assert EngineConfig.from_dict(yaml.safe_load(config)).chunking.first_chunk_frames in (1, 2)
     assert {Path(f).name for f in files} == {"recommended.yaml", "tune.html", "tune.json", "tune.csv"}
-    assert manager.lab.config is not None  # the search ran on the lab engine, not on the serving engine
-    (record,) = [r for r in manager.runs.values() if r.kind == "tune"]
+    assert app.engines.lab.config is not None  # the search ran on the lab engine, not on the serving engine
+    (record,) = [r for r in app.runs.newest_first() if r.kind == "tune"]
     assert record.files == files
 
 
-def test_a_bad_workload_is_refused_with_the_key_named(manager: EngineManager) -> None:
+def test_a_bad_workload_is_refused_with_the_key_named(app: AppState) -> None:
     with pytest.raises(tune_view.gr.Error, match="arrival.concurency"):
-        asyncio.run(collect(manager, "arrival: {concurency: 2}"))
+        asyncio.run(collect(app, "arrival: {concurency: 2}"))
 
 
-def test_the_view_builds_with_the_shipped_workloads_to_choose_from(manager: EngineManager) -> None:
+def test_the_view_builds_with_the_shipped_workloads_to_choose_from(app: AppState) -> None:
     with tune_view.gr.Blocks() as blocks:
-        tune_view.build(manager)
+        tune_view.build(app)
     dropdowns = [b for b in blocks.blocks.values() if isinstance(b, tune_view.gr.Dropdown)]
     workloads = next(d for d in dropdowns if d.label == "workload (configs/workloads/)")
     assert {"prompt-set-c1.yaml", "prompt-set-c8.yaml", "prompt-set-c32.yaml"} <= {c[0] for c in workloads.choices}
 
 
-def test_a_budget_past_the_page_cap_is_refused_by_name(manager: EngineManager) -> None:
-    async def ask() -> list[tuple]:
-        name = next(iter(tune_view.preset_configs(manager)))
-        return [u async for u in tune_view.run_tune(manager, name, yaml.safe_dump(WORKLOAD), "5h", [], 4)]
-
+def test_a_budget_past_the_page_cap_is_refused_by_name(app: AppState) -> None:
     with pytest.raises(tune_view.gr.Error, match="budget"):
-        asyncio.run(ask())
+        asyncio.run(collect(app, yaml.safe_dump(WORKLOAD), budget="5h"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ui.state import demo_clip
+from ui.views.workload import demo_clip
 from ui.voices import SavedVoice, VoiceError, VoiceLibrary, VoiceLimits
 
 CLIP = demo_clip(1.0)

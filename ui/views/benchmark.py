@@ -4,6 +4,7 @@ is not touched), with progress, the runner's charts and the results to download.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,14 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from profiling.figures import concurrency_figure
+from ui.describe import describe
+from ui.engines import preset_configs
 from ui.lab import LabUnavailable
 from ui.profiled import sweep
-from ui.state import EngineManager, RunRecord, describe, preset_configs
-from ui.views.compare import Workload
+from ui.run_store import RunRecord
+from ui.state import AppState
+from ui.views.form import form_inputs
+from ui.views.workload import Workload
 
 COLUMNS = [
     "series",
@@ -29,6 +34,17 @@ COLUMNS = [
 ]
 
 
+@dataclass
+class BenchmarkForm:
+    """The Benchmark page's inputs, in the order its components are sent."""
+
+    configs: list[str]
+    levels: str  # comma-separated concurrency levels
+    requests_per_level: float
+    text: str
+    max_new_tokens: float
+
+
 def parse_levels(text: str) -> list[int]:
     try:
         levels = sorted({int(x) for x in text.replace(" ", "").split(",") if x})
@@ -40,39 +56,33 @@ def parse_levels(text: str) -> list[int]:
 
 
 async def benchmark(
-    manager: EngineManager,
-    configs: list[str],
-    levels: str,
-    requests_per_level: float,
-    text: str,
-    max_new_tokens: float,
-    progress: gr.Progress | None = None,
+    app: AppState, form: BenchmarkForm, progress: gr.Progress | None = None
 ) -> tuple[go.Figure, list[list[Any]], list[Path]]:
     """Outputs: the runner's chart (metrics against concurrency), its table (one row per level), its files."""
-    presets = preset_configs(manager)
-    unknown = [c for c in configs or [] if c not in presets]
-    if not configs or unknown:
+    presets = preset_configs(app.engines.config)
+    unknown = [c for c in form.configs or [] if c not in presets]
+    if not form.configs or unknown:
         raise gr.Error(f"choose one or more configs from: {', '.join(presets)}")
-    concurrencies = parse_levels(levels)
-    n = int(requests_per_level)
+    concurrencies = parse_levels(form.levels)
+    n = int(form.requests_per_level)
     if n < 1:
         raise gr.Error("requests per level must be at least 1")
-    run_id, run_dir = manager.new_run_dir("benchmark")
-    chosen = {name: presets[name] for name in configs}
-    work = Workload.of(manager, text, int(max_new_tokens))
+    run_id, run_dir = app.runs.new_dir("benchmark")
+    chosen = {name: presets[name] for name in form.configs}
+    work = Workload.of(app.engines.info, form.text, int(form.max_new_tokens))
 
     def report(fraction: float, what: str) -> None:
         if progress is not None:
             progress(fraction, what)
 
     try:
-        bench, paths = await sweep(chosen, concurrencies, work.requests, n, run_dir, manager.lab.use, report)
+        bench, paths = await sweep(chosen, concurrencies, work.requests, n, run_dir, app.engines.lab.use, report)
     except LabUnavailable as exc:
         raise gr.Error(str(exc)) from exc
     rows = [lv.row() for lv in bench.levels]
     table = [[r[k] for k in COLUMNS] for r in rows]
     files = [str(paths[k]) for k in ("csv", "json", "html")]
-    manager.add_run(
+    app.runs.add(
         RunRecord(
             run_id,
             "benchmark",
@@ -87,20 +97,21 @@ async def benchmark(
     return concurrency_figure(bench.series()), table, files
 
 
-def build(manager: EngineManager) -> None:
-    names = list(preset_configs(manager))
-    configs = gr.Dropdown(names, value=names[:1], multiselect=True, label="configs")
+def build(app: AppState) -> None:
+    names = list(preset_configs(app.engines.config))
+    c: dict[str, gr.components.Component] = {}  # the form's components, by field name
+    c["configs"] = gr.Dropdown(names, value=names[:1], multiselect=True, label="configs")
     with gr.Row():
-        levels = gr.Textbox("1,2,4", label="concurrency levels")
-        per_level = gr.Number(4, precision=0, minimum=1, label="requests per level")
-        max_new_tokens = gr.Number(24, precision=0, minimum=2, label="max frames per request")
-    text = gr.Textbox("A benchmark sentence of ordinary length.", label="text")
+        c["levels"] = gr.Textbox("1,2,4", label="concurrency levels")
+        c["requests_per_level"] = gr.Number(4, precision=0, minimum=1, label="requests per level")
+        c["max_new_tokens"] = gr.Number(24, precision=0, minimum=2, label="max frames per request")
+    c["text"] = gr.Textbox("A benchmark sentence of ordinary length.", label="text")
     go_button = gr.Button("Run the sweep", variant="primary", elem_id="vx-benchmark")
     plot = gr.Plot(label="metrics against concurrency")
     table = gr.Dataframe(headers=COLUMNS, label="results", interactive=False)
     files = gr.File(label="results: bench.csv, bench.json, bench.html (charts, opens offline)", file_count="multiple")
 
-    async def run(*args: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        return await benchmark(manager, *args, progress=progress)
+    async def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        return await benchmark(app, BenchmarkForm(*values), progress=progress)
 
-    go_button.click(run, [configs, levels, per_level, text, max_new_tokens], [plot, table, files], api_name="benchmark")
+    go_button.click(run, form_inputs(BenchmarkForm, c), [plot, table, files], api_name="benchmark")

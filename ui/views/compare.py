@@ -13,62 +13,49 @@ import gradio as gr
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine import EngineConfig, RequestError, SpeechRequest
-from engine.model.sampling import SamplingParams
-from engine.request import EngineError
+from engine import EngineError, RequestError
 from profiling.figures import timeline_figure
+from ui.describe import describe
+from ui.engines import preset_configs
 from ui.lab import LabUnavailable
-from ui.profiled import RunOutcome, run_requests
-from ui.state import TINY_TASK_OF, EngineManager, RunRecord, demo_clip, describe, preset_configs
+from ui.profiled import ProfiledRun, run_requests
+from ui.run_store import RunRecord
+from ui.state import AppState
 from ui.uploads import Uploads
+from ui.views.form import form_inputs
+from ui.views.workload import Workload
 
-TASK_OF_TINY = {tiny: task for task, tiny in TINY_TASK_OF.items()}
-
-# (label, getter of a RunOutcome, lower is better)
+# (label, getter of a RunResult, lower is better)
 ROWS: list[tuple[str, Any, bool]] = [
-    ("wall time (s)", lambda o: o.run.wall_s, True),
-    ("time to first audio p50 (s)", lambda o: o.run.ttfa_s.p50, True),
-    ("RTF p50 (lower is faster)", lambda o: o.run.rtf.p50, True),
-    ("× real-time p50 (1 / RTF)", lambda o: 1 / o.run.rtf.p50 if o.run.rtf.p50 > 0 else float("nan"), False),
-    ("end-to-end p50 (s)", lambda o: o.run.e2e_s.p50, True),
-    ("audio s per wall s", lambda o: o.run.audio_s_per_s, False),
-    ("underrun p99 (s)", lambda o: o.run.underrun_s.p99, True),
-    ("CPU % (engine processes, 100 = a core)", lambda o: o.cpu_percent, True),
-    ("GPU busy % (NVML)", lambda o: o.gpu_busy_percent, False),
+    ("wall time (s)", lambda r: r.metrics.wall_s, True),
+    ("time to first audio p50 (s)", lambda r: r.metrics.ttfa_s.p50, True),
+    ("RTF p50 (lower is faster)", lambda r: r.metrics.rtf.p50, True),
+    ("× real-time p50 (1 / RTF)", lambda r: 1 / r.metrics.rtf.p50 if r.metrics.rtf.p50 > 0 else float("nan"), False),
+    ("end-to-end p50 (s)", lambda r: r.metrics.e2e_s.p50, True),
+    ("audio s per wall s", lambda r: r.metrics.audio_s_per_s, False),
+    ("underrun p99 (s)", lambda r: r.metrics.underrun_s.p99, True),
+    ("CPU % (engine processes, 100 = a core)", lambda r: r.cpu_percent, True),
+    ("GPU busy % (NVML)", lambda r: r.gpu_busy_mean_percent, False),
 ]
 
 
 @dataclass
-class Workload:
-    """The requests of a Compare or Benchmark run: the current checkpoint's task (the tiny model's per config), its
-    first speaker, x-vector cloning from the given clip or a test tone; request i samples with seed + i, so both
-    sides of a comparison generate the same frames."""
+class CompareForm:
+    """The Compare page's inputs, in the order its components are sent."""
 
-    task: str
-    speaker: str | None
+    config_a: str
+    config_b: str
     text: str
-    max_new_tokens: int
-    clip: bytes | None = None
-
-    @classmethod
-    def of(cls, manager: EngineManager, text: str, max_new_tokens: int, clip: bytes | None = None) -> Workload:
-        model = manager.serving.model
-        return cls(model.task, (model.speakers or [None])[0], text, max_new_tokens, clip)
-
-    def requests(self, config: EngineConfig, n: int, seed: int) -> list[SpeechRequest]:
-        task = TASK_OF_TINY[config.tiny_task] if config.model is None else self.task
-        sampling = SamplingParams(max_new_tokens=self.max_new_tokens)
-        kwargs: dict[str, Any] = {}
-        if task == "voice_clone":
-            kwargs = {"ref_audio": self.clip or demo_clip(), "x_vector_only": True}
-        elif task == "custom_voice":
-            kwargs = {"speaker": self.speaker if task == self.task else None}
-        return [SpeechRequest(self.text, task, sampling=sampling, seed=seed + i, **kwargs) for i in range(n)]
+    requests: float
+    concurrency: float
+    max_new_tokens: float
+    seed: float
+    clip: str | None  # an upload's server path (`ui.uploads`); None: a test tone
 
 
-def shared_timeline(a: RunOutcome, b: RunOutcome) -> go.Figure:
+def shared_timeline(a: ProfiledRun, b: ProfiledRun) -> go.Figure:
     """Both runs' timelines stacked, each from its own start, on one shared x axis (ms since the run began)."""
-    parts = [timeline_figure(o.timeline, o.label) for o in (a, b)]
+    parts = [timeline_figure(run.result.timeline, run.label) for run in (a, b)]
     heights = [max(len(p.layout.yaxis.categoryarray or ()), 1) for p in parts]
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, subplot_titles=[f"A · {a.label}", f"B · {b.label}"], row_heights=heights
@@ -85,11 +72,11 @@ def shared_timeline(a: RunOutcome, b: RunOutcome) -> go.Figure:
     return fig
 
 
-def metrics_table(a: RunOutcome, b: RunOutcome) -> list[list[Any]]:
+def metrics_table(a: ProfiledRun, b: ProfiledRun) -> list[list[Any]]:
     """One row per metric: A, B, their difference and ratio (a GPU row only where a GPU was sampled)."""
     rows = []
     for label, get, _ in ROWS:
-        va, vb = get(a), get(b)
+        va, vb = get(a.result), get(b.result)
         if va != va and vb != vb:  # NaN on both sides: not measured here (no GPU)
             continue
         ratio = vb / va if va else float("nan")
@@ -97,99 +84,85 @@ def metrics_table(a: RunOutcome, b: RunOutcome) -> list[list[Any]]:
     return rows
 
 
-def verdict(a: RunOutcome, b: RunOutcome) -> str:
-    wa, wb = a.run.wall_s, b.run.wall_s
-    fast, slow = (a, b) if wa <= wb else (b, a)
-    x = slow.run.wall_s / fast.run.wall_s if fast.run.wall_s > 0 else float("nan")
+def verdict(a: ProfiledRun, b: ProfiledRun) -> str:
+    fast, slow = (a, b) if a.result.metrics.wall_s <= b.result.metrics.wall_s else (b, a)
+    f, s = fast.result.metrics, slow.result.metrics
+    x = s.wall_s / f.wall_s if f.wall_s > 0 else float("nan")
     return (
         f"**{fast.label}** finished this workload {x:.2f}× faster than **{slow.label}** "
-        f"({fast.run.wall_s:.2f} s against {slow.run.wall_s:.2f} s; time to first audio p50 "
-        f"{fast.run.ttfa_s.p50 * 1000:.0f} ms against {slow.run.ttfa_s.p50 * 1000:.0f} ms)."
+        f"({f.wall_s:.2f} s against {s.wall_s:.2f} s; time to first audio p50 "
+        f"{f.ttfa_s.p50 * 1000:.0f} ms against {s.ttfa_s.p50 * 1000:.0f} ms)."
     )
 
 
 async def compare(
-    manager: EngineManager,
-    uploads: Uploads,
-    config_a: str,
-    config_b: str,
-    text: str,
-    requests: float,
-    concurrency: float,
-    max_new_tokens: float,
-    seed: float,
-    clip_path: str | None,
-    progress: gr.Progress | None = None,
+    app: AppState, uploads: Uploads, form: CompareForm, progress: gr.Progress | None = None
 ) -> tuple[go.Figure, list[list[Any]], str, list[Path]]:
-    presets = preset_configs(manager)
-    if config_a not in presets or config_b not in presets:
+    presets = preset_configs(app.engines.config)
+    if form.config_a not in presets or form.config_b not in presets:
         raise gr.Error(f"unknown config; choose from {', '.join(presets)}")
-    clip = uploads.read(clip_path)
-    work = Workload.of(manager, text, int(max_new_tokens), clip)
-    run_id, run_dir = manager.new_run_dir("compare")
-    outcomes = []
-    for side, name in (("A", config_a), ("B", config_b)):
+    clip = uploads.read(form.clip)
+    work = Workload.of(app.engines.info, form.text, int(form.max_new_tokens), clip)
+    run_id, run_dir = app.runs.new_dir("compare")
+    runs: list[ProfiledRun] = []
+    for side, name in (("A", form.config_a), ("B", form.config_b)):
         config = presets[name]
         if progress is not None:
-            progress(0.5 * len(outcomes), f"{side}: starting {name}")
-        reqs = work.requests(config, int(requests), int(seed))
+            progress(0.5 * len(runs), f"{side}: starting {name}")
+        requests = work.requests(config, int(form.requests), int(form.seed))
         try:
-            async with manager.lab.use(config) as engine:
-                outcome = await run_requests(
-                    engine, reqs, run_dir / side, concurrency=int(concurrency), label=f"{side}: {name}"
+            async with app.engines.lab.use(config) as engine:
+                run = await run_requests(
+                    engine, requests, run_dir / side, concurrency=int(form.concurrency), label=f"{side}: {name}"
                 )
         except (RequestError, EngineError, LabUnavailable) as exc:
             raise gr.Error(f"{side} ({name}): {exc}") from exc
-        if outcome.errors:
-            raise gr.Error(f"{side} ({name}): {next(iter(outcome.errors.values()))}")
-        outcomes.append(outcome)
-    a, b = outcomes
-    files = [str(p) for o in outcomes for k, p in o.files.items() if k != "audio"]
-    manager.add_run(
+        if run.result.errors:
+            raise gr.Error(f"{side} ({name}): {next(iter(run.result.errors.values()))}")
+        runs.append(run)
+    a, b = runs
+    files = [str(p) for run in runs for k, p in run.files.items() if k != "audio"]
+    app.runs.add(
         RunRecord(
             run_id,
             "compare",
-            f"{config_a} vs {config_b}",
-            f"lab: {describe(presets[config_a])} | lab: {describe(presets[config_b])}",
+            f"{form.config_a} vs {form.config_b}",
+            f"lab: {describe(presets[form.config_a])} | lab: {describe(presets[form.config_b])}",
             time.time(),
-            outcomes,
+            runs,
             files,
             {
-                "requests": int(requests),
-                "concurrency": int(concurrency),
-                "wall_a_s": a.run.wall_s,
-                "wall_b_s": b.run.wall_s,
+                "requests": int(form.requests),
+                "concurrency": int(form.concurrency),
+                "wall_a_s": a.result.metrics.wall_s,
+                "wall_b_s": b.result.metrics.wall_s,
             },
         )
     )
     return shared_timeline(a, b), metrics_table(a, b), verdict(a, b), files
 
 
-def build(manager: EngineManager, uploads: Uploads) -> None:
-    names = list(preset_configs(manager))
+def build(app: AppState, uploads: Uploads) -> None:
+    names = list(preset_configs(app.engines.config))
+    c: dict[str, gr.components.Component] = {}  # the form's components, by field name
     with gr.Row():
-        config_a = gr.Dropdown(names, value=names[0], label="config A")
-        config_b = gr.Dropdown(names, value=names[-1] if len(names) < 4 else names[3], label="config B")
+        c["config_a"] = gr.Dropdown(names, value=names[0], label="config A")
+        c["config_b"] = gr.Dropdown(names, value=names[-1] if len(names) < 4 else names[3], label="config B")
     with gr.Row():
-        text = gr.Textbox("The same words, two engines.", label="text", scale=3)
-        requests = gr.Number(2, precision=0, minimum=1, maximum=32, label="requests")
-        concurrency = gr.Number(2, precision=0, minimum=1, maximum=32, label="concurrency")
-        max_new_tokens = gr.Number(40, precision=0, minimum=2, label="max frames")
-        seed = gr.Number(0, precision=0, label="seed (request i uses seed + i)")
-    clip = uploads.clip_input(sources=["upload"], label="reference clip (voice clone; default: a test tone)")
+        c["text"] = gr.Textbox("The same words, two engines.", label="text", scale=3)
+        c["requests"] = gr.Number(2, precision=0, minimum=1, maximum=32, label="requests")
+        c["concurrency"] = gr.Number(2, precision=0, minimum=1, maximum=32, label="concurrency")
+        c["max_new_tokens"] = gr.Number(40, precision=0, minimum=2, label="max frames")
+        c["seed"] = gr.Number(0, precision=0, label="seed (request i uses seed + i)")
+    c["clip"] = uploads.clip_input(sources=["upload"], label="reference clip (voice clone; default: a test tone)")
     go_button = gr.Button("Compare", variant="primary", elem_id="vx-compare")
     verdict_md = gr.Markdown()
     table = gr.Dataframe(headers=["metric", "A", "B", "B − A", "B / A"], label="metrics", interactive=False)
     plot = gr.Plot(label="timelines on a shared time axis")
     files = gr.File(label="traces and metrics", file_count="multiple")
 
-    async def run(*args: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        fig, rows, line, paths = await compare(manager, uploads, *args, progress=progress)
+    async def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
+        fig, rows, line, paths = await compare(app, uploads, CompareForm(*values), progress=progress)
         return line, rows, fig, paths
 
-    go_button.click(
-        run,
-        [config_a, config_b, text, requests, concurrency, max_new_tokens, seed, clip],
-        [verdict_md, table, plot, files],
-        api_name="compare",
-    )
+    go_button.click(run, form_inputs(CompareForm, c), [verdict_md, table, plot, files], api_name="compare")

@@ -1,4 +1,4 @@
-"""What the views show of a run: metric cards and the profiler's figures, from a `RunOutcome`."""
+"""What the views show of a run: metric cards and the profiler's figures, from a `ProfiledRun` (its `RunResult`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 
 from profiling.figures import overhead_figure, timeline_figure, utilization_figure
 from profiling.metrics import RequestMetrics
-from ui.profiled import RunOutcome
+from profiling.run import RunResult
+from ui.profiled import ProfiledRun
 
 CARD_CSS = """
 .vx-cards {display:flex; flex-wrap:wrap; gap:8px}
@@ -44,18 +45,18 @@ def request_cards(m: RequestMetrics, seed: int | None) -> str:
     )
 
 
-def figures(outcome: RunOutcome) -> tuple[go.Figure, go.Figure, go.Figure]:
+def figures(run: ProfiledRun) -> tuple[go.Figure, go.Figure, go.Figure]:
     """Timeline, utilization and the overhead breakdown of one run."""
-    tl = outcome.timeline
+    result = run.result
     return (
-        timeline_figure(tl, f"Timeline · {outcome.label}"),
-        utilization_figure(tl, "CPU (and GPU) utilization"),
-        overhead_figure(outcome.breakdowns, gpu_idle=outcome.gpu_idle),
+        timeline_figure(result.timeline, f"Timeline · {run.label}"),
+        utilization_figure(result.timeline, "CPU (and GPU) utilization"),
+        overhead_figure(result.breakdowns, gpu_idle=result.gpu_idle),
     )
 
 
-def capture_note(outcome: RunOutcome) -> str:
+def capture_note(result: RunResult) -> str:
     """What a torch.profiler capture found about GPU idle time, or why it has nothing to say."""
-    if outcome.gpu_idle is None:
+    if result.gpu_idle is None:
         return "The capture holds no GPU ops (a CPU run): the GPU idle split needs CUDA."
-    return outcome.gpu_idle.summary() + "."
+    return result.gpu_idle.summary() + "."

@@ -7,14 +7,14 @@ from typing import Any
 
 import gradio as gr
 
-from ui.state import EngineManager
+from ui.run_store import RunStore
 from ui.views.compare import shared_timeline
 from ui.views.render import figures, request_cards
 
 COLUMNS = ["run", "kind", "title", "config", "time", "metrics"]
 
 
-def table(manager: EngineManager) -> list[list[Any]]:
+def table(runs: RunStore) -> list[list[Any]]:
     return [
         [
             r.id,
@@ -24,35 +24,35 @@ def table(manager: EngineManager) -> list[list[Any]]:
             time.strftime("%H:%M:%S", time.localtime(r.created)),
             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.summary.items()),
         ]
-        for r in reversed(list(manager.runs.values()))
+        for r in runs.newest_first()
     ]
 
 
-def refresh(manager: EngineManager) -> tuple[Any, Any]:
-    ids = [r.id for r in reversed(list(manager.runs.values()))]
-    return table(manager), gr.update(choices=ids, value=ids[0] if ids else None)
+def refresh(runs: RunStore) -> tuple[Any, Any]:
+    ids = [r.id for r in runs.newest_first()]
+    return table(runs), gr.update(choices=ids, value=ids[0] if ids else None)
 
 
-def open_run(manager: EngineManager, run_id: str | None) -> tuple[Any, ...]:
+def open_run(runs: RunStore, run_id: str | None) -> tuple[Any, ...]:
     """The run's cards, its timeline (both, for a comparison), utilization and overhead, and its files."""
-    record = manager.runs.get(run_id or "")
+    record = runs.get(run_id or "")
     if record is None:
         raise gr.Error(f"no run {run_id!r} in this session")
     skip = gr.skip()
-    if not record.outcomes:  # a benchmark: its results are files
+    if not record.profiled:  # a benchmark or a tune: its results are files
         return f"{record.title}: see the files.", None, None, None, record.files
-    if len(record.outcomes) == 2:
-        a, b = record.outcomes
+    if len(record.profiled) == 2:
+        a, b = record.profiled
         return f"{record.title}", shared_timeline(a, b), skip, skip, record.files
-    outcome = record.outcomes[0]
-    timeline, util, overhead = figures(outcome)
-    seed = next(iter(outcome.seeds.values()), None)
-    return request_cards(outcome.requests[0], seed), timeline, util, overhead, record.files
+    run = record.profiled[0]
+    timeline, util, overhead = figures(run)
+    seed = next(iter(run.seeds.values()), None)
+    return request_cards(run.result.per_request[0], seed), timeline, util, overhead, record.files
 
 
-def build(manager: EngineManager) -> tuple[gr.Dataframe, gr.Dropdown]:
+def build(runs: RunStore) -> tuple[gr.Dataframe, gr.Dropdown]:
     """The view; returns the table and the run picker, which the app refreshes when the tab opens."""
-    runs = gr.Dataframe(headers=COLUMNS, label="this session's runs", interactive=False)
+    shown = gr.Dataframe(headers=COLUMNS, label="this session's runs", interactive=False)
     with gr.Row():
         refresh_button = gr.Button("refresh", size="sm")
         choice = gr.Dropdown([], label="run", allow_custom_value=True)
@@ -64,8 +64,8 @@ def build(manager: EngineManager) -> tuple[gr.Dataframe, gr.Dropdown]:
     files = gr.File(
         label="audio, Perfetto trace (ui.perfetto.dev), TensorBoard folder (zip), metrics", file_count="multiple"
     )
-    refresh_button.click(lambda: refresh(manager), None, [runs, choice], api_name="list_runs")
+    refresh_button.click(lambda: refresh(runs), None, [shown, choice], api_name="list_runs")
     open_button.click(
-        lambda r: open_run(manager, r), [choice], [cards, timeline, util, overhead, files], api_name="open_run"
+        lambda r: open_run(runs, r), [choice], [cards, timeline, util, overhead, files], api_name="open_run"
     )
-    return runs, choice
+    return shown, choice

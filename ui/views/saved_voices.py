@@ -7,68 +7,65 @@ from typing import Any
 
 import gradio as gr
 
-from ui.state import EngineManager
 from ui.uploads import Uploads
-from ui.voices import SavedVoice, VoiceError
+from ui.voices import SavedVoice, VoiceError, VoiceLibrary
 
 NO_VOICE = "(upload or record a clip)"
 
 
-def choices(manager: EngineManager, value: str = NO_VOICE) -> Any:
+def choices(voices: VoiceLibrary, value: str = NO_VOICE) -> Any:
     """The picker as the library is now."""
-    return gr.update(choices=[NO_VOICE, *manager.voices.names()], value=value)
+    return gr.update(choices=[NO_VOICE, *voices.names()], value=value)
 
 
-def saved_voice(manager: EngineManager, name: str | None) -> SavedVoice | None:
+def saved_voice(voices: VoiceLibrary, name: str | None) -> SavedVoice | None:
     """The voice picked, or None for none; `gr.Error` for a name the library does not hold (any more)."""
     if not name or name == NO_VOICE:
         return None
-    voice = manager.voices.get(name)
+    voice = voices.get(name)
     if voice is None:
         raise gr.Error(f"No saved voice is named {name!r} (any more).")
     return voice
 
 
 def save_voice(
-    manager: EngineManager, uploads: Uploads, name: str, ref_audio: str | None, ref_text: str, x_vector_only: bool
+    voices: VoiceLibrary, uploads: Uploads, name: str, ref_audio: str | None, ref_text: str, x_vector_only: bool
 ) -> Any:
     clip = uploads.read(ref_audio)
     if clip is None:
         raise gr.Error("Upload or record a reference clip first.")
     try:
-        name = manager.voices.save(SavedVoice(name, clip, ref_text or None, x_vector_only))
+        name = voices.save(SavedVoice(name, clip, ref_text or None, x_vector_only))
     except VoiceError as exc:
         raise gr.Error(str(exc)) from exc
-    return choices(manager, name)
+    return choices(voices, name)
 
 
-def delete_voice(manager: EngineManager, name: str | None) -> Any:
+def delete_voice(voices: VoiceLibrary, name: str | None) -> Any:
     if not name or name == NO_VOICE:
         raise gr.Error("Pick a saved voice to delete.")
     try:
-        manager.voices.delete(name)
+        voices.delete(name)
     except VoiceError as exc:
         raise gr.Error(str(exc)) from exc
-    return choices(manager)
+    return choices(voices)
 
 
 def build(
-    manager: EngineManager, uploads: Uploads, clip: gr.Audio, ref_text: gr.Textbox, x_vector_only: gr.Checkbox
+    voices: VoiceLibrary, uploads: Uploads, clip: gr.Audio, ref_text: gr.Textbox, x_vector_only: gr.Checkbox
 ) -> gr.Dropdown:
     """The row; returns the picker (a Synthesize input, refreshed by the app when a page loads)."""
     with gr.Row():
         # any value: the library changes under every page, so the handler checks the name, not the page's choices
-        saved = gr.Dropdown(
-            [NO_VOICE, *manager.voices.names()], value=NO_VOICE, label="saved voice", allow_custom_value=True
-        )
+        saved = gr.Dropdown([NO_VOICE, *voices.names()], value=NO_VOICE, label="saved voice", allow_custom_value=True)
         name = gr.Textbox(label="save this clip as", scale=1)
         save = gr.Button("save voice", size="sm")
         delete = gr.Button("delete voice", size="sm", variant="stop")
     save.click(
-        lambda *a: save_voice(manager, uploads, *a),
+        lambda voice_name, path, text, x_only: save_voice(voices, uploads, voice_name, path, text, x_only),
         [name, clip, ref_text, x_vector_only],
         [saved],
         api_name="save_voice",
     )
-    delete.click(lambda v: delete_voice(manager, v), [saved], [saved], api_name="delete_voice")
+    delete.click(lambda v: delete_voice(voices, v), [saved], [saved], api_name="delete_voice")
     return saved

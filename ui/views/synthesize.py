@@ -11,148 +11,149 @@ from typing import Any
 
 import gradio as gr
 
-from engine import EngineConfig, RequestError, SpeechRequest
+from engine import EngineConfig, EngineError, RequestError, SamplingError, SamplingParams, SpeechRequest, Task
 from engine.config import ChunkingConfig, ConfigError
-from engine.model.sampling import SamplingError, SamplingParams
-from engine.request import EngineError
+from ui.describe import describe
+from ui.engines import Engines, EngineUse
 from ui.lab import LabUnavailable
 from ui.player import PLAYER_JS, PLAYER_TEMPLATE
 from ui.profiled import run_requests
-from ui.state import EngineManager, EngineUse, RunRecord, describe
+from ui.run_store import RunRecord
+from ui.state import AppState
 from ui.uploads import Uploads
 from ui.views import saved_voices
+from ui.views.form import form_inputs
 from ui.views.render import capture_note, figures, request_cards
+from ui.voices import VoiceLibrary
 
 
 @dataclasses.dataclass
-class EngineSettings:
-    """The engine settings the page exposes; the rest of the config stays as loaded."""
+class SynthesisForm:
+    """The Synthesize page's inputs, in the order its components are sent: the request, then the engine settings."""
 
+    task: str
+    text: str
+    language: str
+    ref_audio: str | None  # an upload's server path (`ui.uploads`)
+    ref_text: str
+    x_vector_only: bool
+    saved_voice: str | None
+    speaker: str | None
+    instruct: str
+    do_sample: bool
+    temperature: float
+    top_k: float
+    top_p: float
+    max_new_tokens: float
+    seed: float | None  # < 0 or None: the engine picks one and the page shows it
     talker_executor: str
     code2wav_executor: str
-    max_num_seqs: int
-    first_chunk_frames: int
-    chunk_frames: int
+    max_num_seqs: float
+    first_chunk_frames: float
+    chunk_frames: float
+    torch_capture: bool
 
-    def apply(self, config: EngineConfig) -> EngineConfig:
+    def engine_config(self, base: EngineConfig) -> EngineConfig:
+        """`base` with the page's engine settings; the rest of the config stays as loaded."""
         return dataclasses.replace(
-            config,
-            talker=dataclasses.replace(config.talker, executor=self.talker_executor, max_num_seqs=self.max_num_seqs),
-            code2wav=dataclasses.replace(config.code2wav, executor=self.code2wav_executor),
-            chunking=ChunkingConfig(self.first_chunk_frames, self.chunk_frames),
+            base,
+            talker=dataclasses.replace(base.talker, executor=self.talker_executor, max_num_seqs=int(self.max_num_seqs)),
+            code2wav=dataclasses.replace(base.code2wav, executor=self.code2wav_executor),
+            chunking=ChunkingConfig(int(self.first_chunk_frames), int(self.chunk_frames)),
         )
 
 
-def settings_of(config: EngineConfig) -> EngineSettings:
-    return EngineSettings(
-        config.talker.executor,
-        config.code2wav.executor,
-        config.talker.max_num_seqs,
-        config.chunking.first_chunk_frames,
-        config.chunking.chunk_frames,
-    )
-
-
-def engine_controls(config: EngineConfig) -> list[gr.components.Component]:
-    """Executor per stage and the main engine settings (shared by the Synthesize and Compare views)."""
-    s = settings_of(config)
+def engine_controls(config: EngineConfig) -> dict[str, gr.components.Component]:
+    """Executor per stage and the main engine settings, by their `SynthesisForm` names, set as `config` has them."""
     with gr.Row():
-        talker = gr.Radio(["uni", "mp"], value=s.talker_executor, label="talker executor")
-        code2wav = gr.Radio(["uni", "mp"], value=s.code2wav_executor, label="code2wav executor")
+        talker = gr.Radio(["uni", "mp"], value=config.talker.executor, label="talker executor")
+        code2wav = gr.Radio(["uni", "mp"], value=config.code2wav.executor, label="code2wav executor")
     with gr.Row():
-        seqs = gr.Slider(1, 32, value=s.max_num_seqs, step=1, label="talker max_num_seqs")
-        first = gr.Slider(1, 16, value=s.first_chunk_frames, step=1, label="first chunk (frames of 80 ms)")
-        steady = gr.Slider(1, 32, value=s.chunk_frames, step=1, label="chunk (frames)")
-    return [talker, code2wav, seqs, first, steady]
+        seqs = gr.Slider(1, 32, value=config.talker.max_num_seqs, step=1, label="talker max_num_seqs")
+        first = gr.Slider(
+            1, 16, value=config.chunking.first_chunk_frames, step=1, label="first chunk (frames of 80 ms)"
+        )
+        steady = gr.Slider(1, 32, value=config.chunking.chunk_frames, step=1, label="chunk (frames)")
+    return {
+        "talker_executor": talker,
+        "code2wav_executor": code2wav,
+        "max_num_seqs": seqs,
+        "first_chunk_frames": first,
+        "chunk_frames": steady,
+    }
 
 
-def build_request(
-    manager: EngineManager,
-    uploads: Uploads,
-    task: str,
-    text: str,
-    language: str,
-    ref_audio: str | None,
-    ref_text: str,
-    x_vector_only: bool,
-    saved_voice: str | None,
-    speaker: str | None,
-    instruct: str,
-    do_sample: bool,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    max_new_tokens: int,
-    seed: float | None,
-) -> SpeechRequest:
-    clip, transcript = uploads.read(ref_audio), ref_text or None
-    voice = saved_voices.saved_voice(manager, saved_voice) if task == "voice_clone" and clip is None else None
+def build_request(voices: VoiceLibrary, uploads: Uploads, form: SynthesisForm) -> SpeechRequest:
+    task, x_vector_only = form.task, form.x_vector_only
+    clip, transcript = uploads.read(form.ref_audio), form.ref_text or None
+    voice = saved_voices.saved_voice(voices, form.saved_voice) if task == Task.VOICE_CLONE and clip is None else None
     if voice is not None:
         clip, transcript, x_vector_only = voice.clip, voice.ref_text, voice.x_vector_only
     try:
         sampling = SamplingParams(
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=int(top_k),
-            top_p=top_p,
-            subtalker_dosample=do_sample,
-            subtalker_temperature=temperature,
-            subtalker_top_k=int(top_k),
-            subtalker_top_p=top_p,
+            do_sample=form.do_sample,
+            temperature=form.temperature,
+            top_k=int(form.top_k),
+            top_p=form.top_p,
+            subtalker_dosample=form.do_sample,
+            subtalker_temperature=form.temperature,
+            subtalker_top_k=int(form.top_k),
+            subtalker_top_p=form.top_p,
         )
     except SamplingError as exc:
         raise RequestError(exc.field, exc.message) from exc
+    seed = form.seed
     return SpeechRequest(
-        text=text,
+        text=form.text,
         task=task,
-        language=language or "auto",
-        speaker=(speaker or None) if task == "custom_voice" else None,
-        instruct=(instruct or None) if task != "voice_clone" else None,
-        ref_audio=clip if task == "voice_clone" else None,
-        ref_text=transcript if task == "voice_clone" and not x_vector_only else None,
+        language=form.language or "auto",
+        speaker=(form.speaker or None) if task == Task.CUSTOM_VOICE else None,
+        instruct=(form.instruct or None) if task != Task.VOICE_CLONE else None,
+        ref_audio=clip if task == Task.VOICE_CLONE else None,
+        ref_text=transcript if task == Task.VOICE_CLONE and not x_vector_only else None,
         x_vector_only=x_vector_only,
         sampling=sampling,
         seed=None if seed is None or seed < 0 else int(seed),
-        max_new_tokens=int(max_new_tokens),  # on the request, so one past the engine's limit is refused, not capped
+        max_new_tokens=int(
+            form.max_new_tokens
+        ),  # on the request, so one past the engine's limit is refused, not capped
     )
 
 
-async def synthesize(manager: EngineManager, uploads: Uploads, *args: Any) -> AsyncIterator[tuple[Any, ...]]:
+async def synthesize(app: AppState, uploads: Uploads, form: SynthesisForm) -> AsyncIterator[tuple[Any, ...]]:
     """Outputs: player stream URL, metric cards, seed used, timeline, utilization, overhead, downloads, status.
     The page's settings run on the serving engine when they are its own, else on the lab engine (`ui.lab`)."""
-    *request_args, talker, code2wav, seqs, first, steady, torch_capture = args
-    task = request_args[0]
+    engines = app.engines
     # cards, seed, plots, files: the last run's go. None, not "": the later yields then reach a client as "replace"
     # diffs, which gradio_client <= 2.5 applies correctly even when it lost this yield (it can register a fast event
     # after its first message arrived); an "append" onto "" would break it.
     cleared = (None,) * 6
     try:
-        settings = EngineSettings(talker, code2wav, int(seqs), int(first), int(steady))
-        config = manager.config_for_task(task, settings.apply(manager.config))
+        config = engines.config_for_task(form.task, form.engine_config(engines.config))
     except ConfigError as exc:
         raise gr.Error(f"engine settings: {exc}") from exc
     try:
-        request = build_request(manager, uploads, *request_args)
+        request = build_request(app.voices, uploads, form)
     except RequestError as exc:
         raise gr.Error(str(exc)) from exc
-    if manager.engine_if_up(config) is None:
+    if engines.if_up(config) is None:
         yield (None, *cleared, f"Starting a lab engine for these settings: {describe(config)} …")
     try:
-        async with manager.engine_for(config) as use:
-            async for out in _run(manager, use, request, bool(torch_capture), cleared):
+        async with engines.use(config) as use:
+            async for out in _run(app, use, request, bool(form.torch_capture), cleared):
                 yield out
     except LabUnavailable as exc:
         raise gr.Error(str(exc)) from exc
 
 
 async def _run(
-    manager: EngineManager, use: EngineUse, request: SpeechRequest, torch_capture: bool, cleared: tuple[None, ...]
+    app: AppState, use: EngineUse, request: SpeechRequest, torch_capture: bool, cleared: tuple[None, ...]
 ) -> AsyncIterator[tuple[Any, ...]]:
-    stream = manager.streams.open(use.engine.model.sample_rate)
+    stream = app.streams.open(use.engine.info.sample_rate)
     yield (stream.url, *cleared, f"Generating on {use.label} …")
-    run_id, run_dir = manager.new_run_dir("synthesize")
+    run_id, run_dir = app.runs.new_dir("synthesize")
     try:
-        outcome = await run_requests(
+        run = await run_requests(
             use.engine,
             [request],
             run_dir,
@@ -164,19 +165,20 @@ async def _run(
         raise gr.Error(str(exc)) from exc
     finally:
         stream.close()
-    if outcome.errors or not outcome.requests:  # the runner reports a failed request instead of raising
-        raise gr.Error(outcome.errors.get(request.request_id, "the request produced no audio"))
-    seed = outcome.seeds[request.request_id]
-    metrics = outcome.requests[0]
-    record = manager.add_run(
+    result = run.result
+    if result.errors or not result.per_request:  # the runner reports a failed request instead of raising
+        raise gr.Error(result.errors.get(request.request_id, "the request produced no audio"))
+    seed = run.seeds[request.request_id]
+    metrics = result.per_request[0]
+    record = app.runs.add(
         RunRecord(
             run_id,
             "synthesize",
             request.text[:60],
             f"{use.role}: {describe(use.config)}",
             time.time(),
-            [outcome],
-            [str(p) for p in outcome.files.values()],
+            [run],
+            [str(p) for p in run.files.values()],
             {
                 "task": request.task,
                 "seed": seed,
@@ -186,20 +188,20 @@ async def _run(
             },
         )
     )
-    timeline, util, overhead = figures(outcome)
+    timeline, util, overhead = figures(run)
     status = f"Run {record.id} on {use.label}. Seed {seed}: set it above to repeat this run."
     if torch_capture:
-        status += " " + capture_note(outcome)
+        status += " " + capture_note(result)
     yield (stream.url, request_cards(metrics, seed), seed, timeline, util, overhead, record.files, status)
 
 
-async def prepare_voice(manager: EngineManager, uploads: Uploads, task: str, ref_audio: str | None) -> Any:
+async def prepare_voice(engines: Engines, uploads: Uploads, task: str, ref_audio: str | None) -> Any:
     """Put an uploaded or recorded clip through the encoders at once, while the user still types: Generate then finds
     the voice cached (on the engine that is up for the task: the serving one, or a lab engine already built). A clip
     that a request would be refused for says so now. Returns the status line."""
     clip = uploads.read(ref_audio)
-    engine = manager.engine_if_up(manager.config_for_task(task))
-    if task != "voice_clone" or clip is None or engine is None:
+    engine = engines.if_up(engines.config_for_task(task))
+    if task != Task.VOICE_CLONE or clip is None or engine is None:
         return gr.skip()
     start = time.perf_counter()
     try:
@@ -218,83 +220,83 @@ async def prepare_voice(manager: EngineManager, uploads: Uploads, task: str, ref
     )
 
 
-async def on_task(manager: EngineManager, task: str) -> tuple[Any, Any, str]:
+async def on_task(engines: Engines, task: str) -> tuple[Any, Any, str]:
     """Offer the task's speakers and languages. On the tiny model another task is another checkpoint: its lab
     engine is built now, so Generate finds it up."""
-    config = manager.config_for_task(task)
     try:
-        async with manager.engine_for(config) as use:
-            model = use.engine.model
+        async with engines.use(engines.config_for_task(task)) as use:
+            info = use.engine.info
     except LabUnavailable as exc:
         gr.Warning(str(exc))
         return gr.skip(), gr.skip(), f"Task {task} needs a lab engine: {exc}"
-    speakers = model.speakers
     return (
-        gr.update(choices=speakers, value=speakers[0] if speakers else None),
-        gr.update(choices=model.languages),
+        gr.update(choices=list(info.speakers), value=info.speakers[0] if info.speakers else None),
+        gr.update(choices=list(info.languages)),
         f"Task {task} runs on {use.label}.",
     )
 
 
-def build(manager: EngineManager, uploads: Uploads) -> gr.Dropdown:
+def build(app: AppState, uploads: Uploads) -> gr.Dropdown:
     """The view; returns the saved-voice picker, which the app refreshes when a page loads."""
-    model = manager.serving.model
+    engines = app.engines
+    info = engines.info
+    c: dict[str, gr.components.Component] = {}  # the form's components, by field name
     with gr.Row():
         with gr.Column(scale=2):
-            task = gr.Radio(manager.tasks(), value=model.task, label="task")
-            text = gr.Textbox("Hello from Voxtrace, a Qwen3-TTS serving engine.", label="text", lines=3)
-            language = gr.Dropdown(model.languages, value="auto", label="language")
+            c["task"] = gr.Radio([str(t) for t in engines.tasks()], value=str(info.task), label="task")
+            c["text"] = gr.Textbox("Hello from Voxtrace, a Qwen3-TTS serving engine.", label="text", lines=3)
+            c["language"] = gr.Dropdown(list(info.languages), value="auto", label="language")
             with gr.Accordion("voice", open=True):
-                ref_audio = uploads.clip_input(sources=["upload", "microphone"], label="reference clip")
-                ref_text = gr.Textbox(label="transcript of the clip (voice clone)")
-                x_vector_only = gr.Checkbox(False, label="x-vector only (no transcript needed)")
-                saved = saved_voices.build(manager, uploads, ref_audio, ref_text, x_vector_only)
-                speaker = gr.Dropdown(
-                    model.speakers, value=(model.speakers or [None])[0], label="speaker (custom voice)"
+                c["ref_audio"] = uploads.clip_input(sources=["upload", "microphone"], label="reference clip")
+                c["ref_text"] = gr.Textbox(label="transcript of the clip (voice clone)")
+                c["x_vector_only"] = gr.Checkbox(False, label="x-vector only (no transcript needed)")
+                c["saved_voice"] = saved = saved_voices.build(
+                    app.voices, uploads, c["ref_audio"], c["ref_text"], c["x_vector_only"]
                 )
-                instruct = gr.Textbox(label="instruct (custom voice, voice design)")
+                c["speaker"] = gr.Dropdown(
+                    list(info.speakers), value=(info.speakers or (None,))[0], label="speaker (custom voice)"
+                )
+                c["instruct"] = gr.Textbox(label="instruct (custom voice, voice design)")
             with gr.Accordion("sampling", open=False):
-                do_sample = gr.Checkbox(True, label="sample (off: greedy)")
+                c["do_sample"] = gr.Checkbox(True, label="sample (off: greedy)")
                 with gr.Row():
-                    temperature = gr.Slider(0.1, 2.0, value=0.9, step=0.05, label="temperature")
-                    top_k = gr.Slider(0, 200, value=50, step=1, label="top_k")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p")
+                    c["temperature"] = gr.Slider(0.1, 2.0, value=0.9, step=0.05, label="temperature")
+                    c["top_k"] = gr.Slider(0, 200, value=50, step=1, label="top_k")
+                    c["top_p"] = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top_p")
                 with gr.Row():
-                    max_new_tokens = gr.Number(200, precision=0, label="max frames (80 ms each)")
-                    seed = gr.Number(-1, precision=0, label="seed (-1: pick one and show it)")
+                    c["max_new_tokens"] = gr.Number(200, precision=0, label="max frames (80 ms each)")
+                    c["seed"] = gr.Number(-1, precision=0, label="seed (-1: pick one and show it)")
             with gr.Accordion("engine (other settings than the server's run on a lab engine)", open=False):
-                engine_inputs = engine_controls(manager.config)
-                torch_capture = gr.Checkbox(False, label="torch.profiler capture (TensorBoard folder)")
+                c |= engine_controls(engines.config)
+                c["torch_capture"] = gr.Checkbox(False, label="torch.profiler capture (TensorBoard folder)")
             go = gr.Button("Generate", variant="primary", elem_id="vx-generate")
         with gr.Column(scale=3):
             player = gr.HTML("", html_template=PLAYER_TEMPLATE, js_on_load=PLAYER_JS, elem_id="vx-player")
-            status = gr.Markdown(f"Serving engine: {describe(manager.config)}", elem_id="vx-status")
+            status = gr.Markdown(f"Serving engine: {describe(engines.config)}", elem_id="vx-status")
             cards = gr.HTML("", elem_id="vx-cards")
             seed_used = gr.Number(label="seed used", interactive=False)
             timeline = gr.Plot(label="timeline", elem_id="vx-timeline")
             util = gr.Plot(label="utilization")
             overhead = gr.Plot(label="overhead breakdown")
             files = gr.File(label="downloads: audio, Perfetto trace, metrics", file_count="multiple")
-    request_inputs = [task, text, language, ref_audio, ref_text, x_vector_only, saved, speaker, instruct]
-    request_inputs += [do_sample, temperature, top_k, top_p, max_new_tokens, seed]
 
-    async def run(*args: Any) -> AsyncIterator[tuple[Any, ...]]:
-        async for out in synthesize(manager, uploads, *args):
+    async def run(*values: Any) -> AsyncIterator[tuple[Any, ...]]:
+        async for out in synthesize(app, uploads, SynthesisForm(*values)):
             yield out
 
     go.click(
         run,
-        request_inputs + engine_inputs + [torch_capture],
+        form_inputs(SynthesisForm, c),
         [player, cards, seed_used, timeline, util, overhead, files, status],
         api_name="synthesize",
     )
 
     async def warm(task_name: str, clip_path: str | None) -> Any:
-        return await prepare_voice(manager, uploads, task_name, clip_path)
+        return await prepare_voice(engines, uploads, task_name, clip_path)
 
     async def pick_task(task_name: str) -> tuple[Any, Any, str]:
-        return await on_task(manager, task_name)
+        return await on_task(engines, task_name)
 
-    ref_audio.change(warm, [task, ref_audio], [status], api_name="prepare_voice")
-    task.change(pick_task, [task], [speaker, language, status], api_name="set_task")
+    c["ref_audio"].change(warm, [c["task"], c["ref_audio"]], [status], api_name="prepare_voice")
+    c["task"].change(pick_task, [c["task"]], [c["speaker"], c["language"], status], api_name="set_task")
     return saved

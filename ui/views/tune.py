@@ -23,8 +23,12 @@ from profiling.space import KNOBS, apply, candidate_points, space
 from profiling.tune import parse_budget, tune
 from profiling.tune_report import TABLE, TuneReport, candidate_rows, pareto_figure
 from profiling.workload import Workload
+from ui.describe import describe
+from ui.engines import CONFIG_DIR, preset_configs
 from ui.lab import LabEngine
-from ui.state import CONFIG_DIR, EngineManager, RunRecord, describe, preset_configs
+from ui.run_store import RunRecord
+from ui.state import AppState
+from ui.views.form import form_inputs
 
 WORKLOAD_DIR = CONFIG_DIR / "workloads"
 MAX_PAGE_BUDGET_S = 30 * 60.0  # a page's search holds the one lab engine: bounded, so it cannot hold it for hours
@@ -65,6 +69,17 @@ class LabEngines:
             asyncio.run_coroutine_threadsafe(held[2].aclose(), self._loop).result()
 
 
+@dataclasses.dataclass
+class TuneForm:
+    """The Tune page's inputs, in the order its components are sent."""
+
+    base: str  # the preset config to start from
+    workload: str  # the workload's YAML
+    budget: str  # 90s, 10m, 1h
+    knobs: list[str]  # what to search, unless the workload has `space:`
+    max_candidates: float
+
+
 def table(rows: list[dict[str, Any]]) -> list[list[Any]]:
     return [[round(r[k], 4) if isinstance(r[k], float) else r[k] for k in TABLE] for r in rows]
 
@@ -75,38 +90,32 @@ def findings(report: TuneReport) -> str:
 
 
 async def run_tune(
-    manager: EngineManager,
-    base_name: str,
-    workload_text: str,
-    budget: str,
-    knobs: list[str],
-    max_candidates: float,
-    progress: gr.Progress | None = None,
+    app: AppState, form: TuneForm, progress: gr.Progress | None = None
 ) -> AsyncIterator[tuple[Any, ...]]:
     """Yields (chart, table, findings, recommended YAML, files): the first three as each run finishes, then all."""
-    presets = preset_configs(manager)
-    if base_name not in presets:
+    presets = preset_configs(app.engines.config)
+    if form.base not in presets:
         raise gr.Error(f"choose a config to start from: {', '.join(presets)}")
-    workload = parse_workload(workload_text)
+    workload = parse_workload(form.workload)
     try:
-        budget_s = parse_budget(budget)
+        budget_s = parse_budget(form.budget)
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
     if not 0 < budget_s <= MAX_PAGE_BUDGET_S:
         raise gr.Error(f"budget: between 1s and {MAX_PAGE_BUDGET_S / 60:.0f}m on this page (the command has no cap)")
-    base = presets[base_name]
+    base = presets[form.base]
     if base.model is None and workload.tiny_task:
         base = dataclasses.replace(base, tiny_task=workload.tiny_task)
-    if not workload.space and not knobs:
+    if not workload.space and not form.knobs:
         raise gr.Error("choose at least one knob to search (or give the workload a `space:`)")
     try:
-        chosen = space(KNOBS, workload.space or {k.key: list(k.values) for k in KNOBS if k.key in knobs})
-        points = candidate_points(base, chosen, max(2, int(max_candidates)))
+        chosen = space(KNOBS, workload.space or {k.key: list(k.values) for k in KNOBS if k.key in form.knobs})
+        points = candidate_points(base, chosen, max(2, int(form.max_candidates)))
         for point in points:
             apply(base, point)
     except ConfigError as exc:
         raise gr.Error(f"space: {exc}") from exc
-    run_id, run_dir = manager.new_run_dir("tune")
+    run_id, run_dir = app.runs.new_dir("tune")
     loop = asyncio.get_running_loop()
     measured: asyncio.Queue[Candidate] = asyncio.Queue()
 
@@ -114,12 +123,13 @@ async def run_tune(
         copy = dataclasses.replace(c, runs={n: list(ms) for n, ms in c.runs.items()}, notes=list(c.notes))
         loop.call_soon_threadsafe(measured.put_nowait, copy)
 
-    tiny = manager.config.model is None and base.model is None and base.tiny_task == manager.config.tiny_task
-    checkpoint = manager.serving.checkpoint if tiny else None  # the serving engine's tiny model, not another one
+    serving = app.engines.serving
+    tiny = serving.info.tiny and base.model is None and base.tiny_task == serving.config.tiny_task
+    checkpoint = serving.checkpoint if tiny else None  # the serving engine's tiny model, not another one
 
     def search() -> TuneReport:
-        with EngineEvaluator(base, workload, engines=LabEngines(manager.lab, loop), checkpoint=checkpoint) as ev:
-            return tune(workload, ev, points, budget_s, base=base, on_measure=on_measure, meta={"base": base_name})
+        with EngineEvaluator(base, workload, engines=LabEngines(app.engines.lab, loop), checkpoint=checkpoint) as ev:
+            return tune(workload, ev, points, budget_s, base=base, on_measure=on_measure, meta={"base": form.base})
 
     job = asyncio.ensure_future(asyncio.to_thread(search))
     seen: dict[str, Candidate] = {}
@@ -144,7 +154,7 @@ async def run_tune(
     paths = report.write(run_dir)
     files = [str(paths[k]) for k in ("yaml", "html", "json", "csv") if k in paths]
     rec = report.recommended
-    manager.add_run(
+    app.runs.add(
         RunRecord(
             run_id,
             "tune",
@@ -159,17 +169,18 @@ async def run_tune(
     yield report.figure(), table(report.rows()), findings(report), report.config_yaml or "", files
 
 
-def build(manager: EngineManager) -> None:
-    names = list(preset_configs(manager))
+def build(app: AppState) -> None:
+    names = list(preset_configs(app.engines.config))
     files = workload_files()
     first = next(iter(files), None)
+    c: dict[str, gr.components.Component] = {}  # the form's components, by field name
     with gr.Row():
-        base = gr.Dropdown(names, value=names[0], label="engine config to start from")
+        c["base"] = gr.Dropdown(names, value=names[0], label="engine config to start from")
         chosen = gr.Dropdown(list(files), value=first, label="workload (configs/workloads/)")
-        budget = gr.Textbox("2m", label="budget (90s, 10m, 1h)")
-        max_candidates = gr.Number(8, precision=0, minimum=2, maximum=64, label="max candidates")
-    workload = gr.Code(files[first].read_text() if first else "", language="yaml", label="workload (editable)")
-    knobs = gr.CheckboxGroup(
+        c["budget"] = gr.Textbox("2m", label="budget (90s, 10m, 1h)")
+        c["max_candidates"] = gr.Number(8, precision=0, minimum=2, maximum=64, label="max candidates")
+    c["workload"] = gr.Code(files[first].read_text() if first else "", language="yaml", label="workload (editable)")
+    c["knobs"] = gr.CheckboxGroup(
         [k.key for k in KNOBS], value=[k.key for k in KNOBS], label="knobs to search (unless the workload has space:)"
     )
     go_button = gr.Button("Tune", variant="primary", elem_id="vx-tune")
@@ -179,15 +190,10 @@ def build(manager: EngineManager) -> None:
     config = gr.Code(language="yaml", label="recommended.yaml (for app.py --config)", interactive=False)
     downloads = gr.File(label="recommended.yaml, tune.html (opens offline), tune.json, tune.csv", file_count="multiple")
 
-    chosen.change(lambda name: files[name].read_text(), chosen, workload, api_visibility="private")
+    chosen.change(lambda name: files[name].read_text(), chosen, c["workload"], api_visibility="private")
 
-    async def run(*args: Any, progress: gr.Progress = gr.Progress()) -> AsyncIterator[tuple[Any, ...]]:  # noqa: B008
-        async for update in run_tune(manager, *args, progress=progress):
+    async def run(*values: Any, progress: gr.Progress = gr.Progress()) -> AsyncIterator[tuple[Any, ...]]:  # noqa: B008
+        async for update in run_tune(app, TuneForm(*values), progress=progress):
             yield update
 
-    go_button.click(
-        run,
-        [base, workload, budget, knobs, max_candidates],
-        [plot, results, verdict, config, downloads],
-        api_name="tune",
-    )
+    go_button.click(run, form_inputs(TuneForm, c), [plot, results, verdict, config, downloads], api_name="tune")

@@ -1,0 +1,119 @@
+"""The app's two engines: the serving engine (the one the HTTP API serves from: built at start, never switched or
+closed by a page) and the lab engine beside it for the settings a page tries (`ui.lab`). A page asks for a config
+and gets whichever of the two runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from engine import Engine, EngineConfig
+from engine.config import EXECUTORS
+from engine.request import TASKS, ModelInfo, Task
+from ui.describe import describe
+from ui.lab import LabEngine, LabLimits, checkpoint_bytes
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class EngineUse:
+    """The engine a run is on, and which one it is: the page says so."""
+
+    engine: Engine
+    role: Literal["serving", "lab"]
+    config: EngineConfig
+
+    @property
+    def label(self) -> str:
+        return f"the {self.role} engine ({describe(self.config)})"
+
+
+class Engines:
+    """The serving engine, built now (so start-up fails early on a bad checkpoint), and the lab engine, built on
+    demand; `close()` ends both (the app calls it on shutdown)."""
+
+    def __init__(self, config: EngineConfig, lab_limits: LabLimits | None = None) -> None:
+        self.serving = Engine(config)
+        try:
+            self.lab = LabEngine(checkpoint_bytes(self.serving.checkpoint), lab_limits)
+        except BaseException:
+            self.serving.close()
+            raise
+        self._closing = threading.Lock()
+        self._closed = False
+
+    @property
+    def config(self) -> EngineConfig:
+        """The serving engine's config."""
+        return self.serving.config
+
+    @property
+    def info(self) -> ModelInfo:
+        """The serving engine's model: what the pages offer and default to."""
+        return self.serving.info
+
+    def tasks(self) -> list[Task]:
+        """The tasks the app offers: the checkpoint's own, or every task for the tiny model (another task: a lab
+        engine on that task's tiny checkpoint)."""
+        return list(Task) if self.info.tiny else [self.info.task]
+
+    def config_for_task(self, task: str, base: EngineConfig | None = None) -> EngineConfig:
+        """`base` (the serving config by default), on the tiny checkpoint of `task` when it is a tiny model; a task
+        that is not one leaves it as it is, for the request's validation to refuse by name."""
+        config = base or self.config
+        if config.model is None and task in TASKS and Task(task).model_type != config.tiny_task:
+            return dataclasses.replace(config, tiny_task=Task(task).model_type)
+        return config
+
+    @asynccontextmanager
+    async def use(self, config: EngineConfig) -> AsyncIterator[EngineUse]:
+        """The serving engine for its own config, else the lab engine (`ui.lab.LabUnavailable` when there can be
+        none now)."""
+        if config == self.config:
+            yield EngineUse(self.serving, "serving", config)
+            return
+        async with self.lab.use(config) as engine:
+            yield EngineUse(engine, "lab", config)
+
+    def if_up(self, config: EngineConfig) -> Engine | None:
+        """The engine `use(config)` would give when it is already up, without building one."""
+        return self.serving if config == self.config else self.lab.engine_if_up(config)
+
+    def close(self) -> None:
+        """Close the lab engine, then the serving engine (each bounded by `Engine.close`); again: nothing."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        self.lab.close()
+        self.serving.close()
+
+
+def preset_configs(base: EngineConfig, config_dir: Path = CONFIG_DIR) -> dict[str, EngineConfig]:
+    """What Compare, Benchmark and Tune offer: `base` (the serving config) with each executor combination, then the
+    YAML files of `configs/` that can run here (no CUDA config without a GPU)."""
+    import torch
+
+    out = {}
+    for talker, code2wav in itertools.product(EXECUTORS, EXECUTORS):
+        config = dataclasses.replace(
+            base,
+            talker=dataclasses.replace(base.talker, executor=talker),
+            code2wav=dataclasses.replace(base.code2wav, executor=code2wav),
+        )
+        out[f"current · {talker}-{code2wav}"] = config
+    for path in sorted(config_dir.glob("*.yaml")):
+        try:
+            config = EngineConfig.from_yaml(path)
+        except ValueError:
+            continue
+        if config.device == "cpu" or torch.cuda.is_available():
+            out[path.name] = config
+    return out
