@@ -23,6 +23,10 @@ _EXPORTS = {
     "ModelInfo": "engine.request",
     "SamplingParams": "engine.model.sampling",
     "SamplingError": "engine.model.sampling",
+    # the ranges of the sampling settings, for a front end to offer and check
+    "MAX_TOP_K": "engine.model.sampling",
+    "REPETITION_PENALTY_RANGE": "engine.model.sampling",
+    "TEMPERATURE_RANGE": "engine.model.sampling",
 }
 __all__ = sorted(_EXPORTS)
 

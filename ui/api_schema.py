@@ -16,9 +16,20 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from engine import EngineBusy, ModelInfo, RequestError, SpeechRequest, StageUnavailable, Task
+from engine import (
+    MAX_TOP_K,
+    REPETITION_PENALTY_RANGE,
+    TEMPERATURE_RANGE,
+    EngineBusy,
+    ModelInfo,
+    RequestError,
+    SamplingError,
+    SamplingParams,
+    SpeechRequest,
+    StageUnavailable,
+    Task,
+)
 from engine.config import LimitsConfig
-from engine.model.sampling import MAX_TOP_K, REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE, SamplingError, SamplingParams
 from ui.audio_formats import FORMATS, STREAM_FORMATS
 
 ENGINE_FIELD_TO_PARAM = {"task": "task_type"}  # the engine's field names that differ from the API's
