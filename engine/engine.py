@@ -2,8 +2,8 @@
 and comes back as audio chunks, each stage running under its configured executor (`uni` thread or `mp` worker).
 
 Three beats: admit (check the fields, take a place, prepare the prompt on the prep thread), step the stages (their
-executors), route the results (`engine.router`: a star through this process). Each stream is bounded by credits
-(chunks it may have in flight), granted back as its listener consumes, so a slow listener pauses only its own row.
+executors), route the results (`engine.router.Router`: the places, the paths between the stages, credits, deaths).
+What a profiler may ask of the engine's processes is `Engine.probe` (`engine.runtime.probe`).
 
 Failures stay small: a bad field is refused before the request takes a place (`RequestError`); a stage that fails one
 request fails only that one; a dead worker fails the requests it held and is replaced on a thread of its own
@@ -14,7 +14,6 @@ short message; the detail (tracebacks, exit status) goes to the log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import shutil
@@ -24,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -35,11 +34,10 @@ from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
 from engine.request import AudioChunk, EngineError, ModelInfo, RequestError, SpeechRequest, Task
 from engine.router import Router
-from engine.runtime import Executor, ExecutorError, TransportError, make_executor
-from engine.runtime.restarter import Restarter, RestartPolicy
+from engine.runtime.probe import Probe
 from engine.runtime.serial import SerialExecutor
 from engine.stages.factory import StageSpec, build_from_model, build_in_worker
-from engine.stages.messages import Credit, WarmPrefix
+from engine.stages.messages import WarmPrefix
 from telemetry.events import (
     ADMITTED,
     AUDIO_CHUNK,
@@ -49,15 +47,9 @@ from telemetry.events import (
     LAST_AUDIO,
     PROMPT_PREP,
     PROMPT_READY,
-    EventBatch,
-    Timeline,
     get_recorder,
-    merge_timelines,
     now_ns,
 )
-
-if TYPE_CHECKING:
-    from telemetry.capture import TorchCapture, TorchTrace
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,27 +92,16 @@ class Engine:
         self.prep = PromptPrep(self.model, config.limits, int(config.voice_cache_mb * 2**20))
         self._prep = SerialExecutor("prompt-prep")
         self.recorder = get_recorder()
-        self._capture: TorchCapture | None = None
-        self._stages: dict[str, Executor] = {}
-        self._restarters: dict[str, Restarter] = {}
-        places = config.talker.max_num_seqs + config.limits.max_waiting
-        router = self._router = Router(self._stages, self._restarters, places, self.recorder)
+        self.router = Router(config.talker.max_num_seqs + config.limits.max_waiting, self.recorder)
+        self.probe = Probe(self.router.stages, self.recorder)
+        configs = {"talker": config.talker, "code2wav": config.code2wav}
+        factories = {}
+        for kind, stage in configs.items():
+            spec = StageSpec(kind, checkpoint, config.device, config.dtype, stage, config.chunking)
+            build = build_in_worker if stage.executor == "mp" else functools.partial(build_from_model, self.model)
+            factories[kind] = functools.partial(build, spec)
         try:
-            for kind, stage in (("code2wav", config.code2wav), ("talker", config.talker)):
-                spec = StageSpec(kind, checkpoint, config.device, config.dtype, stage, config.chunking)
-                factory = (
-                    functools.partial(build_in_worker, spec)
-                    if stage.executor == "mp"
-                    else functools.partial(build_from_model, self.model, spec)
-                )
-                on_output = router.from_talker if kind == "talker" else router.from_code2wav
-                on_death = functools.partial(router.on_death, kind)
-                executor = make_executor(
-                    stage.executor, factory, on_output, kind, stage.threads, on_death, ring_bytes=stage.ring_mb * 2**20
-                )
-                policy = RestartPolicy(stage.restart_backoff_s, stage.restart_max_s)
-                self._stages[kind], self._restarters[kind] = executor, Restarter(executor, policy)
-                executor.start()
+            self.router.start(configs, factories)
         except BaseException:
             self.close()
             raise
@@ -135,7 +116,7 @@ class Engine:
         rec = self.recorder
         self.prep.check(request)  # cheap: a bad field never waits behind the prep thread
         rec.instant(ADMITTED, request=rid)
-        stream = self._router.admit(rid)
+        stream = self.router.admit(rid)
         try:
             start = now_ns()
             stream.prep = self._prep.submit(self._on_prep_thread, f"request {rid}", self.prep.prepare, request)
@@ -145,7 +126,7 @@ class Engine:
                 raise job
             rec.record_span(PROMPT_PREP, ENGINE, start, request=rid)
             rec.instant(PROMPT_READY, request=rid)
-            self._router.submit("talker", job)
+            self.router.run(job)
             offset = 0
             while True:
                 item = await stream.queue.get()
@@ -153,9 +134,7 @@ class Engine:
                     raise item
                 if item.index == 0:
                     rec.instant(FIRST_AUDIO, request=rid)
-                if not item.is_last:
-                    with contextlib.suppress(ExecutorError, TransportError):  # a dead talker fails the stream itself
-                        self._stages["talker"].submit(Credit(rid))
+                self.router.consumed(item)
                 samples = item.samples.numpy()
                 rec.instant(AUDIO_CHUNK, request=rid, samples=len(samples))
                 chunk = AudioChunk(
@@ -178,23 +157,23 @@ class Engine:
                 if item.is_last:
                     return
         finally:
-            self._router.end(rid, cancel=not stream.finished)
+            self.router.end(rid, cancel=not stream.finished)
             rec.instant(FINISHED, request=rid)
 
     @property
     def requests_in_flight(self) -> int:
         """Requests admitted and not yet ended (each holds one of the engine's places)."""
-        return len(self._router.streams)
+        return len(self.router.streams)
 
     def ready(self) -> dict[str, bool]:
         """Stage name -> whether it has a live worker (or thread) now: what `GET /ready` reports."""
-        return {kind: restarter.up for kind, restarter in self._restarters.items()}
+        return self.router.ready()
 
     def prepare_voice(self, ref_audio: bytes, x_vector_only: bool = False) -> Future[VoicePrompt]:
         """Put a clip through the encoders now, on the prompt-prep thread, so that the first request cloning it finds
         its voice cached (the app calls this when a clip is uploaded, while the user still types). The future raises
         `RequestError` for a clip that a request would be refused for."""
-        if self._router.closed:
+        if self.router.closed:
             raise EngineError("the engine is closed")
         return self._prep.submit(
             self._on_prep_thread, "a voice prepared ahead", self._prepare_voice, ref_audio, not x_vector_only
@@ -204,9 +183,8 @@ class Engine:
         """Encode the clip; for ICL also have code2wav decode its reference codes into its prefix cache (best effort:
         a stage being replaced just misses the hint)."""
         voice = self.prep.encode(ref_audio, icl)
-        if voice.ref_codes is not None and self._restarters["code2wav"].up:
-            with contextlib.suppress(ExecutorError, TransportError):
-                self._stages["code2wav"].submit(WarmPrefix(voice.ref_codes.cpu()))
+        if voice.ref_codes is not None:
+            self.router.warm(WarmPrefix(voice.ref_codes.cpu()))
         return voice
 
     @staticmethod
@@ -231,58 +209,6 @@ class Engine:
         wav = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
         return Synthesis(wav, chunks, self.model.sample_rate)
 
-    def timeline(self) -> Timeline:
-        """Every process's events since the last call, merged on the shared clock (drains the recorders)."""
-        batches = [self.recorder.drain_batch()]
-        batches += [s.drain_events() for s in self._stages.values() if s.alive]
-        return merge_timelines(b for b in batches if isinstance(b, EventBatch))
-
-    # -- profiling controls ----------------------------------------------------------------------------------------
-
-    def worker_pids(self) -> dict[str, int]:
-        """Stage name -> pid of its worker process (`mp` stages only; `uni` stages run in this process)."""
-        return {kind: pid for kind, s in self._stages.items() if s.alive and (pid := s.pid) is not None}
-
-    def set_recording(self, enabled: bool) -> None:
-        """Event recording on or off in every engine process (on by default; off measures what it costs)."""
-        self.recorder.enabled = enabled
-        for stage in self._stages.values():
-            stage.set_recording(enabled)
-
-    def start_capture(self, run_dir: str | Path) -> Path:
-        """torch.profiler in every process that runs a stage; traces go to `<run_dir>/tb/<process>.<ns>.pt.trace.json`
-        (TensorBoard's profiler plugin: logdir `run_dir`, run `tb`). Returns the tb folder."""
-        from torch._C._profiler import _ExperimentalConfig
-
-        from telemetry.capture import TorchCapture
-
-        if self._capture is not None:
-            raise EngineError("a torch.profiler capture is already running")
-        tb_dir = Path(run_dir) / "tb"
-        self._capture = TorchCapture(tb_dir, "engine", self.recorder)
-        # `uni` stages are threads started before the capture: only a profiler on all threads sees their ops
-        self._capture.options["experimental_config"] = _ExperimentalConfig(profile_all_threads=True)
-        self._capture.start()
-        try:
-            for stage in self._stages.values():
-                stage.start_capture(str(tb_dir))
-        except BaseException:
-            self.stop_capture()
-            raise
-        return tb_dir
-
-    def stop_capture(self) -> list[TorchTrace]:
-        """Stop every capture started by `start_capture`; the traces, for `profiling.trace.chrome_trace`."""
-        capture, self._capture = self._capture, None
-        if capture is None:
-            return []
-        traces = [capture.stop()]
-        for stage in self._stages.values():
-            trace = stage.stop_capture()
-            if trace is not None:
-                traces.append(trace)
-        return traces
-
     def close(self, grace_s: float | None = None) -> None:
         """End every stream in flight with an `EngineError` at once, then stop every stage: each worker is asked to
         stop and, past the grace, terminated and killed; threads are joined, rings unlinked, temp files removed.
@@ -293,17 +219,8 @@ class Engine:
         def left() -> float:
             return max(deadline - time.monotonic(), 0.0)
 
-        self._router.close()
-        if self._capture is not None:  # a capture left running: stop this process's profiler
-            self._capture.stop()
-            self._capture = None
-        for restarter in self._restarters.values():
-            restarter.stop()
-        for kind in ("talker", "code2wav"):  # the producer first
-            if kind in self._stages:
-                self._stages[kind].close(left())
-        for restarter in self._restarters.values():
-            restarter.join(left())
+        self.probe.close()
+        self.router.close(left)
         self._prep.close(left())
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

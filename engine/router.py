@@ -1,28 +1,50 @@
-"""Star routing between the stages and the callers' streams: every stage output comes back to the engine's process,
-which forwards code chunks to Code2Wav and audio (or the end) to the request's stream.
+"""`Router`: the stages' executors, the callers' streams, and everything that passes between them.
 
-The router also holds the places: a request takes one when admitted (refused while the engine is full, closed, or a
-stage has no worker) and gives it back the moment its caller leaves. Failures reach only their request: a `Failed`
-ends that stream, a dead worker ends the streams it held and hands the stage to its `Restarter`. What a stream's
-caller reads is short; the detail went to the log where it was found.
+Paths: each stage output comes to the engine's process, which hands audio (or the end) to the request's stream, and
+code chunks to Code2Wav (the star path), except in `mp`-`mp`, where the talker's worker sends its chunks straight to
+Code2Wav's over a link of their own (`runtime.link`, relinked whenever either worker is replaced) and the engine
+sees only audio and control. Each stream is bounded by credits (chunks it may have in flight), granted back to the
+talker as its caller consumes (`consumed`), so a slow listener pauses only its own row.
+
+The router also holds the places and the one ledger of requests in flight: a request takes a place when admitted
+(refused while the engine is full, closed, or a stage has no worker) and gives it back the moment its caller leaves;
+its stream knows which stages may hold a part of it. Failures reach only their request: a `Failed` ends that stream,
+a dead worker ends the streams it may hold and hands the stage to its `Restarter`. What a stream's caller reads is
+short; the detail went to the log where it was found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from engine.config import StageConfig
 from engine.request import EngineBusy, EngineError, RequestError, StageUnavailable
-from engine.runtime import Executor, ExecutorError, PayloadTooLarge, TransportError
-from engine.runtime.restarter import Restarter, StageState
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput, TalkerJob
+from engine.runtime import Executor, ExecutorError, MpExecutor, PayloadTooLarge, TransportError, make_executor
+from engine.runtime.link import connect
+from engine.runtime.loop import StageFactory
+from engine.runtime.restarter import Restarter, RestartPolicy, StageState
+from engine.stages.messages import (
+    AudioOut,
+    Cancel,
+    CodeChunk,
+    Credit,
+    Failed,
+    StageInput,
+    StageOutput,
+    TalkerJob,
+    WarmPrefix,
+)
 from telemetry.events import ENGINE, IN_FLIGHT, Recorder
 
 log = logging.getLogger(__name__)
+STAGES = ("talker", "code2wav")  # in pipeline order
 
 
 @dataclass
@@ -33,6 +55,7 @@ class Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     prep: Future[TalkerJob] | None = None
+    stages: set[str] = field(default_factory=set)  # the stages that may hold a part of it: what a death fails
     finished: bool = False
 
     def put(self, item: TalkerJob | AudioOut | Exception) -> None:
@@ -45,13 +68,57 @@ class Stream:
 
 
 class Router:
-    """Routes between the stages (`stages`, each kept running by its `restarters` entry) and the streams."""
+    """Routes between the stages (each kept running by its `restarters` entry) and the streams."""
 
-    def __init__(self, stages: dict[str, Executor], restarters: dict[str, Restarter], places: int, rec: Recorder):
-        self.stages, self.restarters, self.places, self.recorder = stages, restarters, places, rec
+    def __init__(self, places: int, rec: Recorder) -> None:
+        self.places, self.recorder = places, rec
+        self.stages: dict[str, Executor] = {}
+        self.restarters: dict[str, Restarter] = {}
         self.streams: dict[str, Stream] = {}
+        self.direct = False  # talker -> code2wav over their own link (both `mp`)
         self.closed = False
         self._lock = threading.Lock()
+        self._link_lock = threading.Lock()
+        self._link_ring_bytes = 0
+
+    # -- the stages' life
+
+    def start(self, configs: dict[str, StageConfig], factories: dict[str, StageFactory]) -> None:
+        """Start each stage under its configured executor (code2wav first, so its consumer is there when the talker
+        produces); in `mp`-`mp`, link the two workers."""
+        self.direct = all(configs[kind].executor == "mp" for kind in STAGES)
+        self._link_ring_bytes = configs["code2wav"].ring_mb * 2**20
+        for kind in reversed(STAGES):
+            config = configs[kind]
+            executor = make_executor(
+                config.executor,
+                factories[kind],
+                self.from_talker if kind == "talker" else self.from_code2wav,
+                kind,
+                config.threads,
+                functools.partial(self.on_death, kind),
+                ring_bytes=config.ring_mb * 2**20,
+            )
+            policy = RestartPolicy(config.restart_backoff_s, config.restart_max_s)
+            self.stages[kind], self.restarters[kind] = executor, Restarter(executor, policy, self._link)
+            executor.start()
+        self._link()
+
+    def _link(self) -> None:
+        """In `mp`-`mp`, a new link between the two workers (at start, and whenever either was replaced); a worker
+        not up yet is linked when it is."""
+        if not self.direct or self.closed:
+            return
+        talker, code2wav = self.stages.get("talker"), self.stages.get("code2wav")
+        if not (isinstance(talker, MpExecutor) and isinstance(code2wav, MpExecutor)):
+            return
+        with self._link_lock:
+            if talker.alive and code2wav.alive:
+                connect(talker, code2wav, self._link_ring_bytes, talker.send_timeout_s)
+
+    def ready(self) -> dict[str, bool]:
+        """Stage name -> whether it has a live worker (or thread) now."""
+        return {kind: restarter.up for kind, restarter in self.restarters.items()}
 
     # -- places
 
@@ -83,13 +150,25 @@ class Router:
                     if executor.alive:
                         executor.submit(Cancel(rid))
 
-    def close(self) -> None:
-        """No more requests; every stream in flight ends with an EngineError now."""
+    def requests_in(self, kind: str) -> list[str]:
+        """The requests that stage `kind` may hold now: the ones its worker's death would fail."""
+        return [rid for rid, stream in list(self.streams.items()) if kind in stream.stages]
+
+    def close(self, left: Callable[[], float]) -> None:
+        """No more requests; every stream in flight ends with an EngineError now; then every stage stops (the
+        producer first), each within what `left()` says is left of the grace."""
         with self._lock:
             self.closed = True
             streams, self.streams = dict(self.streams), {}
         for stream in streams.values():
             stream.put(EngineError("the engine was closed"))
+        for restarter in self.restarters.values():
+            restarter.stop()
+        for kind in STAGES:
+            if kind in self.stages:
+                self.stages[kind].close(left())
+        for restarter in self.restarters.values():
+            restarter.join(left())
 
     # -- into the stages
 
@@ -102,7 +181,26 @@ class Router:
             raise StageUnavailable(kind, f"the {kind} stage is down: its worker died and could not be replaced")
         raise StageUnavailable(kind, f"the {kind} stage has no worker right now (a new one is starting); try again")
 
-    def submit(self, kind: str, message: StageInput) -> None:
+    def run(self, job: TalkerJob) -> None:
+        """Start the request in the talker; from then on its chunks may be in code2wav without passing here."""
+        stream = self.streams.get(job.request_id)
+        if stream is not None:
+            stream.stages.update(STAGES if self.direct else ("talker",))
+        self._submit("talker", job)
+
+    def consumed(self, out: AudioOut) -> None:
+        """The caller took a chunk: the talker may make one more (unless that was the last)."""
+        if not out.is_last:
+            with contextlib.suppress(ExecutorError, TransportError):  # a dead talker fails the stream itself
+                self.stages["talker"].submit(Credit(out.request_id))
+
+    def warm(self, prefix: WarmPrefix) -> None:
+        """A hint for code2wav (best effort: a stage being replaced just misses it)."""
+        if self.restarters["code2wav"].up:
+            with contextlib.suppress(ExecutorError, TransportError):
+                self.stages["code2wav"].submit(prefix)
+
+    def _submit(self, kind: str, message: StageInput) -> None:
         """Hand a request's message to a stage; what stops it is said as the caller's error."""
         rid = getattr(message, "request_id", None)
         try:
@@ -124,7 +222,10 @@ class Router:
     def from_talker(self, out: StageOutput) -> None:
         if isinstance(out, Failed):
             self.fail(out.request_id, out.message)
-        elif isinstance(out, CodeChunk) and out.request_id in self.streams:
+        elif isinstance(out, CodeChunk) and (stream := self.streams.get(out.request_id)) is not None:
+            stream.stages.add("code2wav")
+            if out.is_last:
+                stream.stages.discard("talker")
             try:
                 self.stages["code2wav"].submit(out)
             except (ExecutorError, TransportError) as exc:  # code2wav is down or the chunk cannot travel
@@ -147,10 +248,10 @@ class Router:
             stream.put(EngineError(f"request {rid} failed: {message}"))
 
     def on_death(self, kind: str, reason: str) -> None:
-        """A stage's worker died (said on its receiver or stage thread): fail the requests it held, the others go
-        on; a replacement starts on the restarter's thread, and until it is up new requests get StageUnavailable."""
+        """A stage's worker died (said on its receiver or stage thread): fail the requests it may hold, the others
+        go on; a replacement starts on the restarter's thread, and until it is up new requests get StageUnavailable."""
         log.error("the %s worker died: %s", kind, reason)
-        for rid in self.stages[kind].in_flight():
+        for rid in self.requests_in(kind):
             self.fail(rid, f"the {kind} worker died while serving this request")
         if not self.closed:
             self.restarters[kind].dead()

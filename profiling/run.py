@@ -164,10 +164,10 @@ async def profile_run_async(
     ids = [r.request_id for r in requests]
     if len(set(ids)) != len(ids):
         raise ValueError("request ids must be unique within a run")
-    engine.timeline()  # drop what came before: the run's timeline holds the run only
-    pids = [os.getpid(), *engine.worker_pids().values()]
+    engine.probe.timeline()  # drop what came before: the run's timeline holds the run only
+    pids = [os.getpid(), *engine.probe.worker_pids().values()]
     if capture:
-        engine.start_capture(run_path)  # type: ignore[arg-type]
+        engine.probe.start_capture(run_path)  # type: ignore[arg-type]
     slots = asyncio.Semaphore(concurrency or max(1, len(requests)))
     sampler = UtilizationSampler(pids, interval_s=sample_interval_s).start()
     t0 = now_ns()
@@ -181,8 +181,8 @@ async def profile_run_async(
     finally:
         wall_s = (now_ns() - t0) / 1e9
         sampler.stop()
-        traces = engine.stop_capture() if capture else []
-    tl = engine.timeline()
+        traces = engine.probe.stop_capture() if capture else []
+    tl = engine.probe.timeline()
     tl = merge_timelines([*_process_batches(tl), tl.events, sampler.events])
 
     rate = engine.info.sample_rate

@@ -184,7 +184,7 @@ def sweep_engine(
         raise ValueError("capture needs save_runs: the traces are written to each run's folder")
 
     if warmup:
-        engine.set_recording(True)
+        engine.probe.set_recording(True)
         tick = (lambda done, total: progress(1)) if progress else None
         profile_run(engine, jobs(warmup, 0), concurrency=max(concurrency), progress=tick)
     levels = []
@@ -192,7 +192,7 @@ def sweep_engine(
         results: dict[str, list[Repeat]] = {m: [] for m in recording}
         for rep in range(repeat):
             for mode in recording:
-                engine.set_recording(mode == "on")
+                engine.probe.set_recording(mode == "on")
                 run_dir = save_runs / f"c{c}-rec{mode}-{rep}" if save_runs is not None else None
                 r = profile_run(
                     engine,
@@ -206,7 +206,7 @@ def sweep_engine(
                 results[mode].append(Repeat(r.per_request, r.wall_s, list(r.errors.values()), *utilization))
         captured = " · captured" if capture else ""
         levels += [level_of(f"{label} · recording {m}{captured}", c, results[m]) for m in recording]
-    engine.set_recording(True)
+    engine.probe.set_recording(True)
     return levels
 
 

@@ -2,23 +2,23 @@
 
 - `UniExecutor`: a thread of the engine's process; messages pass as they are (no copy, tensors stay on their device).
   Its transport events (HANDOFF, bytes=0: submit to pick-up) and the stage's own events land in the engine's
-  recorder, so `drain_events()` returns an empty batch: drain the engine's recorder instead.
+  recorder, and its profiler is the engine's: `call` has no process to ask, and answers None.
 - `MpExecutor`: a spawned worker process running the same loop, fed over pipes with headers and shared-memory rings
   (`transport`). A receiver thread per worker blocks on the output pipe and the process sentinel: it delivers outputs
-  and notices a death at once. `drain_events()` fetches the worker's recorded events.
+  and notices a death at once. `call(request)` asks the worker a control question (`runtime.control`).
 
 Both call `on_output` from their own thread (the stage thread, the receiver thread): it must not block for long,
 since it back-pressures the stage. `on_death(reason)` is called from that same thread, once per death (never on
-`close`); `in_flight()` then names the requests the dead stage held. `restart()` replaces a dead stage; it blocks
-for the start-up, so it belongs on a thread of its own (`runtime.restarter`), not inside `on_death`. `close()` is for
-good: a `start` or `restart` running on another thread meanwhile fails, and leaves nothing behind.
+`close`); which requests die with the stage is the router's to know (its ledger), not the executor's. `restart()`
+replaces a dead stage; it blocks for the start-up, so it belongs on a thread of its own (`runtime.restarter`), not
+inside `on_death`. `close()` is for good: a `start` or `restart` running on another thread meanwhile fails, and
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import os
 import queue
 import threading
 import traceback
@@ -28,11 +28,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+from engine.runtime.control import Reply, Request
 from engine.runtime.loop import STOP, StageFactory, stage_loop
 from engine.runtime.transport import DEFAULT_RING_BYTES
-from engine.stages.messages import Cancel, CodeChunk, Failed, StageInput, StageOutput, TalkerJob
-from telemetry.capture import TorchTrace
-from telemetry.events import HANDOFF, TRANSPORT, EventBatch, get_recorder, now_ns
+from engine.stages.messages import StageInput, StageOutput
+from telemetry.events import HANDOFF, TRANSPORT, get_recorder, now_ns
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +43,6 @@ DEFAULT_GRACE_S = 10.0  # how long `close` lets a stage stop by itself before it
 
 class ExecutorError(RuntimeError):
     """The stage cannot be reached: it failed to start, died, or is closed."""
-
-
-class _Held:
-    """Request ids a stage holds, seen from outside: added when a job or chunk goes in, removed when its last
-    output (or a Failed) comes back or it is cancelled. What to fail when the stage dies."""
-
-    def __init__(self) -> None:
-        self._ids: dict[str, None] = {}
-        self._lock = threading.Lock()
-
-    def submitted(self, msg: StageInput) -> None:
-        with self._lock:
-            if isinstance(msg, (TalkerJob, CodeChunk)):
-                self._ids[msg.request_id] = None
-            elif isinstance(msg, Cancel):
-                self._ids.pop(msg.request_id, None)
-
-    def delivered(self, msg: StageOutput) -> None:
-        if isinstance(msg, Failed) or getattr(msg, "is_last", False):
-            with self._lock:
-                self._ids.pop(msg.request_id, None)
-
-    def ids(self) -> list[str]:
-        with self._lock:
-            return list(self._ids)
 
 
 def _close_at_exit(ref: weakref.ref[Executor]) -> None:
@@ -93,7 +68,6 @@ class Executor(ABC):
         self.factory, self.on_output, self.name, self.threads = stage_factory, on_output, name, threads
         self.on_death = on_death or (lambda reason: log.error("%s", reason))
         self.ring_bytes, self.start_timeout_s, self.send_timeout_s = ring_bytes, start_timeout_s, send_timeout_s
-        self.held = _Held()
         self._lock = threading.Lock()  # mp: one writer at a time into the input pipe and ring
         self._state_lock = threading.Lock()  # start, stop and close against each other
         self._closed = False
@@ -109,8 +83,10 @@ class Executor(ABC):
         """Hand one input to the stage; `mp` blocks while its input ring is full (back-pressure)."""
 
     @abstractmethod
-    def drain_events(self) -> EventBatch:
-        """The stage process's events since the last drain."""
+    def call(self, request: Request, timeout_s: float = 60.0) -> Reply | None:
+        """Ask the stage's process a control question and wait for its answer (served between two steps); None when
+        the stage has no process of its own (`uni`) or it is gone. Raises `ExecutorError` if the answer does not come
+        within `timeout_s` or says the request failed."""
 
     @abstractmethod
     def _stop(self, grace_s: float) -> None:
@@ -135,31 +111,12 @@ class Executor(ABC):
         """The stage's own process, or None when it runs in the engine's (`uni`)."""
         return None
 
-    # profiling controls: a `uni` stage shares the engine process's recorder and profiler, so they do nothing here
-    def set_recording(self, enabled: bool) -> None:
-        """Turn event recording on or off in the stage's process."""
-        return None
-
-    def start_capture(self, tb_dir: str) -> None:
-        """Start torch.profiler in the stage's process, writing into `tb_dir` (the TensorBoard run folder)."""
-        return None
-
-    def stop_capture(self) -> TorchTrace | None:
-        """Stop it; the trace written, or None when the stage has no process of its own."""
-        return None
-
-    def in_flight(self) -> list[str]:
-        """Requests submitted and not finished: after a death, the ones the engine must fail."""
-        return self.held.ids()
-
     def restart(self, timeout_s: float | None = None) -> None:
-        """A fresh stage (and for `mp` a fresh process and rings) after a death; held requests are forgotten."""
+        """A fresh stage (and for `mp` a fresh process and rings) after a death."""
         self._stop(DEFAULT_GRACE_S)
-        self.held = _Held()
         self.start(timeout_s)
 
     def _deliver(self, out: StageOutput) -> None:
-        self.held.delivered(out)
         try:
             self.on_output(out)
         except Exception:
@@ -196,11 +153,10 @@ class UniExecutor(Executor):
     def submit(self, message: StageInput) -> None:
         if not self.alive:
             raise ExecutorError(f"{self.name} stage is not running")
-        self.held.submitted(message)
         self._queue.put((message, now_ns()))
 
-    def drain_events(self) -> EventBatch:
-        return EventBatch(os.getpid(), get_recorder().process, [])
+    def call(self, request: Request, timeout_s: float = 60.0) -> Reply | None:
+        return None  # the stage shares this process: its recorder and profiler are the engine's
 
     def _stop(self, grace_s: float) -> None:
         with self._state_lock:
@@ -224,7 +180,8 @@ class UniExecutor(Executor):
             if item is STOP:
                 return STOP
             msg, sent_ns = item
-            rec.record_span(HANDOFF, TRANSPORT, sent_ns, request=getattr(msg, "request_id", None), bytes=0)
+            request = getattr(msg, "request_id", None)
+            rec.record_span(HANDOFF, TRANSPORT, sent_ns, request=request, bytes=0, message=type(msg).__name__)
             return msg
 
         try:

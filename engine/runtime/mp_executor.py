@@ -11,16 +11,18 @@ import multiprocessing as mp
 import queue
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from engine.runtime.control import ControlFailed, Ready, Reply, Request, Stop, WorkerError
 from engine.runtime.executor import DEFAULT_GRACE_S, Executor, ExecutorError
-from engine.runtime.transport import Control, PeerGone, Receiver, Sender, ShmRing
+from engine.runtime.link import send_fds
+from engine.runtime.transport import PeerGone, Receiver, Sender, ShmRing
 from engine.runtime.worker import worker_main
-from engine.stages.messages import StageInput
-from telemetry.capture import TorchTrace, torch_trace_from_dict
-from telemetry.events import EventBatch, get_recorder
+from engine.stages.messages import StageInput, StageOutput
+from telemetry.events import get_recorder
 
 EXIT_WAIT_S = 10.0  # how long a worker that closed its pipe may take to exit before it is stopped by force
 KILL_WAIT_S = 2.0  # after SIGTERM, before SIGKILL
@@ -36,7 +38,7 @@ class _Worker:
     receiver: Receiver
     rings: tuple[ShmRing, ShmRing]
     conns: list[Connection]
-    replies: queue.SimpleQueue[Control | None] = field(default_factory=queue.SimpleQueue)  # to `_ask`
+    replies: queue.SimpleQueue[Reply | None] = field(default_factory=queue.SimpleQueue)  # to `call`
     thread: threading.Thread | None = None
     error: str = ""
     closing: bool = False
@@ -61,11 +63,11 @@ class MpExecutor(Executor):
 
     _w: _Worker | None = None  # the running worker
     _starting: _Worker | None = None  # the worker being started, until it says ready or fails
-    _ask_lock: threading.Lock  # one control question at a time (set in start)
+    _call_lock: threading.Lock  # one control question at a time (set in start)
 
     def start(self, timeout_s: float | None = None) -> None:
         timeout = self.start_timeout_s if timeout_s is None else timeout_s
-        self._ask_lock = threading.Lock()
+        self._call_lock = threading.Lock()
         with self._state_lock:
             self._check_open()
             w = self._starting = self._spawn()
@@ -86,7 +88,7 @@ class MpExecutor(Executor):
         """A new worker process with its pipes and rings, started; it builds its stage and then says ready."""
         ctx = mp.get_context("spawn")
         rings = (ShmRing(self.ring_bytes), ShmRing(self.ring_bytes))
-        in_r, in_w = ctx.Pipe(duplex=False)  # headers, engine -> worker
+        in_w, in_r = ctx.Pipe()  # headers (and a direct link's fds), engine -> worker: a socket pair
         out_r, out_w = ctx.Pipe(duplex=False)  # headers, worker -> engine
         in_bell_r, in_bell_w = ctx.Pipe(duplex=False)  # worker rings: input space freed
         out_bell_r, out_bell_w = ctx.Pipe(duplex=False)  # engine rings: output space freed
@@ -132,10 +134,10 @@ class MpExecutor(Executor):
             ready = w.receiver.recv()
         except (EOFError, OSError):
             return f"{_exit_reason(w.proc)} during start-up"
-        if isinstance(ready, Control) and ready.kind == "!ready":
+        if isinstance(ready, Ready):
             return None
-        if isinstance(ready, Control) and ready.kind == "!error":
-            return f"failed to start:\n{ready.fields['text']}"
+        if isinstance(ready, WorkerError):
+            return f"failed to start:\n{ready.text}"
         return f"sent {ready!r} instead of saying ready"
 
     @property
@@ -158,7 +160,6 @@ class MpExecutor(Executor):
         w = self._w
         if w is None or not self.alive:
             raise ExecutorError(f"{self.name} worker is not running")
-        self.held.submitted(message)
         with self._lock:
             try:
                 w.sender.send(message, abort=(w.proc.sentinel,))
@@ -167,38 +168,26 @@ class MpExecutor(Executor):
             except (EOFError, OSError, ValueError) as exc:  # ValueError: closed meanwhile
                 raise ExecutorError(f"{self.name} worker is gone: {exc}") from exc
 
-    def drain_events(self, timeout_s: float = 30.0) -> EventBatch:
-        """The worker's events since the last drain (served between two steps); empty if the worker is gone."""
-        w = self._w
-        empty = EventBatch(w.pid if w else -1, self.name, [])
-        reply = self._ask("!drain", timeout_s)
-        return empty if reply is None else EventBatch.from_bytes(reply.fields["data"])
-
-    def set_recording(self, enabled: bool, timeout_s: float = 30.0) -> None:
-        self._ask("!recording", timeout_s, enabled=enabled)
-
-    def start_capture(self, tb_dir: str, timeout_s: float = 60.0) -> None:
-        self._ask("!capture_start", timeout_s, tb_dir=tb_dir)
-
-    def stop_capture(self, timeout_s: float = 120.0) -> TorchTrace | None:
-        reply = self._ask("!capture_stop", timeout_s)
-        trace = reply.fields.get("trace") if reply is not None else None
-        return torch_trace_from_dict(trace) if trace else None
-
-    def _ask(self, kind: str, timeout_s: float, **fields: Any) -> Control | None:
-        """Send a control and wait for its reply (served between two steps); None if the worker is gone."""
+    def call(self, request: Request, timeout_s: float = 60.0, fds: Sequence[int] = ()) -> Reply | None:
+        """See `Executor.call`; `fds`: file descriptors sent right behind the request (a direct link's ends)."""
         w = self._w
         if w is None or not w.proc.is_alive():
             return None
-        with self._ask_lock:  # one question at a time, so replies pair with questions
+        name = type(request).__name__
+        with self._call_lock:  # one question at a time, so replies pair with questions
             with self._lock:
-                w.sender.send_control(kind, **fields)
+                try:
+                    w.sender.send(request)
+                    if fds:
+                        send_fds(w.sender.conn, fds)
+                except OSError:
+                    return None  # died meanwhile
             try:
                 reply = w.replies.get(timeout=timeout_s)
             except queue.Empty:
-                raise ExecutorError(f"{self.name} worker did not answer {kind} within {timeout_s:.0f} s") from None
-        if reply is not None and "error" in reply.fields:
-            raise ExecutorError(f"{self.name} worker: {kind} failed: {reply.fields['error']}")
+                raise ExecutorError(f"{self.name} worker did not answer {name} within {timeout_s:.0f} s") from None
+        if isinstance(reply, ControlFailed):
+            raise ExecutorError(f"{self.name} worker: {name} failed: {reply.message}")
         return reply
 
     def _stop(self, grace_s: float) -> None:
@@ -213,7 +202,7 @@ class MpExecutor(Executor):
         w.closing = True
         if w.proc.is_alive() and self._lock.acquire(timeout=1.0):
             try:
-                w.sender.send_control("!stop")
+                w.sender.send(Stop())
             except OSError:
                 pass
             finally:
@@ -252,13 +241,13 @@ class MpExecutor(Executor):
                 msg = w.receiver.recv()
             except (EOFError, OSError):
                 break
-            if not isinstance(msg, Control):
+            if isinstance(msg, StageOutput):
                 self._deliver(msg)
-            elif msg.kind in ("!events", "!reply"):
+            elif isinstance(msg, WorkerError):
+                w.error = msg.text
+            else:
                 w.replies.put(msg)
-            elif msg.kind == "!error":
-                w.error = msg.fields["text"]
-        w.replies.put(None)  # wake an `_ask` waiting on a dead worker
+        w.replies.put(None)  # wake a `call` waiting on a dead worker
         if not w.closing:
             reason = f"{self.name} worker (pid {w.pid}) {_exit_reason(w.proc)}"
             self.on_death(reason + (f":\n{w.error}" if w.error else ""))

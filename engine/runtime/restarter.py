@@ -3,7 +3,8 @@
 Why a thread: the death is noticed on the receiver (or stage) thread, and a start-up takes seconds to minutes; done
 there, it would hold up everything that thread serves, and a replacement that dies in its own start-up would end the
 recovery for good. Here a failed attempt is logged and retried after `backoff_s`, then 2x, 4x ... that, until
-`max_s` have passed since the death; then the stage is left down (said once in the log) and stays down.
+`max_s` have passed since the death; then the stage is left down (said once in the log) and stays down. Once a new
+worker is up, `on_up` runs (the router links it to the other stage) before the stage counts as up again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.runtime.executor import Executor
@@ -34,8 +36,8 @@ class RestartPolicy:
 class Restarter:
     """Keeps one stage's executor running: `dead()` starts a replacement on a thread of its own and returns."""
 
-    def __init__(self, executor: Executor, policy: RestartPolicy) -> None:
-        self.executor, self.policy = executor, policy
+    def __init__(self, executor: Executor, policy: RestartPolicy, on_up: Callable[[], None] = lambda: None) -> None:
+        self.executor, self.policy, self.on_up = executor, policy, on_up
         self.state = StageState.UP
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -74,6 +76,10 @@ class Restarter:
                 error = str(exc)
             else:
                 error = "the new worker died at once"
+                try:
+                    self.on_up()
+                except Exception:
+                    log.exception("%s stage: its new worker could not be linked", name)
                 with self._lock:
                     if self.executor.alive:  # not already dead again (that death found us still restarting)
                         self.state = StageState.UP

@@ -1,4 +1,5 @@
-"""The one way stage messages cross a process boundary: a small header over a pipe, tensors through shared memory.
+"""The one way messages cross a process boundary (stage messages and the control plane alike, every class
+registered in `messages.WIRE`): a small header over a pipe, tensors through shared memory.
 
 Why not pickle the message: pickling a tensor per chunk allocates and copies it twice and pushes every byte through
 the pipe (vllm-omni's connector even makes a segment per chunk, behind an fcntl lock). Here each direction has one
@@ -7,7 +8,9 @@ in at the head, the header says where they are (offset, nbytes, dtype, shape), t
 publishes its tail, so the space is reused. The header pipe orders the ring: messages are read in the order written.
 
 A full ring blocks the writer on a doorbell pipe that the reader rings after each release (event-driven; a timeout
-raises). A message larger than the whole ring is refused with both sizes. Tensors arrive on the CPU.
+raises; so does the reader going away, seen as the doorbell's end of file). A message larger than the whole ring is
+refused with both sizes. Tensors arrive on the CPU. The same pair of ends serves the engine <-> worker directions and
+the direct link between two workers (`runtime.link`).
 """
 
 from __future__ import annotations
@@ -20,25 +23,21 @@ import struct
 from collections.abc import Sequence
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from engine.model.sampling import SamplingParams
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Credit, Failed, TalkerJob, WarmPrefix
+import engine.runtime.control  # noqa: F401  (registers the control messages)
+from engine.stages.messages import WIRE
 from telemetry.events import COPY, HANDOFF, SERIALIZE, TRANSPORT, WAIT, Recorder, now_ns
 
 DEFAULT_RING_BYTES = 32 << 20
 RING_PREFIX = "voxtrace_ring_"  # /dev/shm/voxtrace_ring_<pid of the engine>_<random>
 ALIGN = 64  # each message's block starts on a cache line
 _CONTROL_BYTES = 64  # the segment's first cache line holds the reader's tail (uint64, bytes consumed so far)
-_PLAIN = (type(None), bool, int, float, str)
-
-MESSAGE_TYPES: dict[str, type] = {
-    c.__name__: c for c in (TalkerJob, CodeChunk, AudioOut, Credit, Cancel, Failed, WarmPrefix, SamplingParams)
-}
+_PLAIN = (type(None), bool, int, float, str, bytes)
 _DTYPES: dict[str, torch.dtype] = {
     str(d): d
     for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.int16)
@@ -61,23 +60,17 @@ class PeerGone(TransportError):
     """The other side went away while the writer waited for space."""
 
 
-class Control(NamedTuple):
-    """A runtime message that is not a stage message (stop, drain events, ready, error); its kind starts with '!'."""
-
-    kind: str
-    fields: dict[str, Any]
-
-
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 def encode(msg: Any) -> tuple[str, dict[str, Any], list[tuple[str, Tensor]]]:
-    """A stage message -> (type name, plain fields, tensor fields). Nested dataclasses (SamplingParams) become a
-    dict with `__type__`; anything else that is not plain is refused, so nothing big is ever pickled by accident."""
+    """A wire message (`messages.WIRE`) -> (type name, plain fields, tensor fields). Nested wire dataclasses
+    (SamplingParams) become a dict with `__type__`; anything else that is not plain is refused, so nothing big is ever
+    pickled by accident."""
     name = type(msg).__name__
-    if name not in MESSAGE_TYPES:
-        raise TransportError(f"{name} is not a stage message; known: {', '.join(MESSAGE_TYPES)}")
+    if WIRE.get(name) is not type(msg):
+        raise TransportError(f"{name} is not a wire message; known: {', '.join(WIRE)}")
     fields: dict[str, Any] = {}
     tensors: list[tuple[str, Tensor]] = []
     for f in dataclasses.fields(msg):
@@ -86,7 +79,7 @@ def encode(msg: Any) -> tuple[str, dict[str, Any], list[tuple[str, Tensor]]]:
             tensors.append((f.name, value))
         elif isinstance(value, _PLAIN):
             fields[f.name] = value
-        elif type(value).__name__ in MESSAGE_TYPES and dataclasses.is_dataclass(value):
+        elif WIRE.get(type(value).__name__) is type(value):
             fields[f.name] = {"__type__": type(value).__name__, **dataclasses.asdict(value)}
         else:
             raise TransportError(f"{name}.{f.name}: cannot send a {type(value).__name__}")
@@ -98,8 +91,8 @@ def decode(name: str, fields: dict[str, Any], tensors: dict[str, Tensor]) -> Any
     for key, value in fields.items():
         if isinstance(value, dict) and "__type__" in value:
             value = dict(value)
-            fields[key] = MESSAGE_TYPES[value.pop("__type__")](**value)
-    return MESSAGE_TYPES[name](**fields, **tensors)
+            fields[key] = WIRE[value.pop("__type__")](**value)
+    return WIRE[name](**fields, **tensors)
 
 
 def _copy_in(dst: np.ndarray, t: Tensor) -> None:
@@ -161,8 +154,9 @@ class Sender:
         os.set_blocking(doorbell.fileno(), False)
 
     def send(self, msg: Any, abort: Sequence[Any] = ()) -> int:
-        """Send one stage message; blocks (event-driven) while the ring is full. `abort`: waitables (a process
-        sentinel) that end the wait early. Returns the payload bytes. HANDOFF starts here (`sent_ns`)."""
+        """Send one wire message (a stage or control message); blocks (event-driven) while the ring is full.
+        `abort`: waitables (a process sentinel) that end the wait early. Returns the payload bytes. HANDOFF starts
+        here (`sent_ns`)."""
         sent_ns = start = now_ns()
         name, fields, tensors = encode(msg)
         sizes = [t.numel() * t.element_size() for _, t in tensors]
@@ -178,7 +172,8 @@ class Sender:
             offset += _align(n)
         blob = pickle.dumps((name, fields, tuple(descs), ring_end, sent_ns), protocol=pickle.HIGHEST_PROTOCOL)
         t0 = now_ns()
-        self.rec.record_span(SERIALIZE, TRANSPORT, start, t0, request=request, bytes=len(blob))
+        if request is not None or tensors:  # a control message is not a hop of the data path
+            self.rec.record_span(SERIALIZE, TRANSPORT, start, t0, request=request, bytes=len(blob))
         if total:
             data = self.ring.data
             assert data is not None, "ring closed"
@@ -188,9 +183,6 @@ class Sender:
             self.rec.record_span(COPY, TRANSPORT, t0, request=request, bytes=sum(sizes))
         self.conn.send_bytes(blob)
         return sum(sizes)
-
-    def send_control(self, kind: str, **fields: Any) -> None:
-        self.conn.send_bytes(pickle.dumps((kind, fields, (), self.head, now_ns()), protocol=pickle.HIGHEST_PROTOCOL))
 
     def _reserve(self, total: int, request: str | None, abort: Sequence[Any]) -> tuple[int, int]:
         """Room for `total` contiguous bytes: (offset, ring_end). A block that would cross the end starts at 0."""
@@ -212,6 +204,8 @@ class Sender:
                 try:
                     while os.read(self.doorbell.fileno(), 4096):  # empty the doorbell, then look again
                         pass
+                    if not fits():  # the doorbell's writer closed it: the reader is gone
+                        raise PeerGone("the receiving side is gone")
                 except BlockingIOError:
                     pass
                 if fits():
@@ -239,10 +233,8 @@ class Receiver:
         os.set_blocking(doorbell.fileno(), False)
 
     def recv(self) -> Any:
-        """The next message (a stage message or a `Control`); blocks until one comes. EOFError when the peer is gone."""
+        """The next wire message; blocks until one comes. EOFError when the peer is gone."""
         name, fields, descs, ring_end, sent_ns = pickle.loads(self.conn.recv_bytes())
-        if name.startswith("!"):
-            return Control(name, fields)
         tensors: dict[str, Tensor] = {}
         nbytes = 0
         t0 = now_ns()
@@ -264,7 +256,9 @@ class Receiver:
                 pass
         msg = decode(name, fields, tensors)
         request = getattr(msg, "request_id", None)
+        if request is None and not descs:
+            return msg  # a control message
         if nbytes:
             self.rec.record_span(COPY, TRANSPORT, t0, request=request, bytes=nbytes)
-        self.rec.record_span(HANDOFF, TRANSPORT, sent_ns, request=request, bytes=nbytes)
+        self.rec.record_span(HANDOFF, TRANSPORT, sent_ns, request=request, bytes=nbytes, message=name)
         return msg

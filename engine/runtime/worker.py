@@ -1,37 +1,119 @@
-"""The `mp` worker process: builds its stage, says ready, then runs the stage loop (`runtime.loop`) on inputs read
-from its pipe and ring, serving control messages between two steps."""
+"""The `mp` worker process: builds its stage, says `Ready`, then runs the stage loop (`runtime.loop`) on the inputs
+it reads from the engine (and from direct links, `runtime.link`), serving control requests between two steps."""
 
 from __future__ import annotations
 
+import logging
 import traceback
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from engine.runtime import link
+from engine.runtime.control import (
+    AttachInput,
+    AttachOutput,
+    CaptureStopped,
+    ControlFailed,
+    Done,
+    DrainEvents,
+    Events,
+    Ready,
+    Reply,
+    Request,
+    SetRecording,
+    StartCapture,
+    Stop,
+    StopCapture,
+    WorkerError,
+)
 from engine.runtime.loop import STOP, StageFactory, stage_loop
+from engine.runtime.transport import PeerGone, Receiver, Sender, ShmRing, TransportError
+from engine.stages.messages import Cancel, CodeChunk, Failed, StageOutput
+from engine.stages.stage import Stage
+from telemetry.capture import TorchCapture
+from telemetry.events import Recorder
+
+log = logging.getLogger(__name__)
 
 
-def _profile_control(kind: str, fields: dict[str, Any], name: str, rec: Any, capture: dict[str, Any]) -> dict:
-    """Profiling controls, served between two steps: "!recording" (events on/off), "!capture_start" (torch.profiler
-    into `tb_dir`), "!capture_stop" (-> the trace as a dict). The reply carries `error` when the control failed."""
-    from dataclasses import asdict
+class Worker:
+    """The worker's side of its channels: the engine's inbox and outbox, the links it reads from (`upstream`), and
+    the link its code chunks go down (`downstream`, None: they go back to the engine)."""
 
-    from telemetry.capture import TorchCapture
+    def __init__(self, stage: Stage, name: str, inbox: Receiver, outbox: Sender, rec: Recorder) -> None:
+        self.stage, self.name, self.inbox, self.outbox, self.rec = stage, name, inbox, outbox, rec
+        self.upstream: dict[Connection, Receiver] = {}
+        self.downstream: Sender | None = None
+        self.capture: TorchCapture | None = None
 
-    try:
-        if kind == "!recording":
-            rec.enabled = bool(fields["enabled"])
-        elif kind == "!capture_start":
-            if "torch" not in capture:
-                capture["torch"] = TorchCapture(fields["tb_dir"], name, rec)
-                capture["torch"].start()
-        elif kind == "!capture_stop":
-            tc = capture.pop("torch", None)
-            return {"trace": asdict(tc.stop()) if tc is not None else None}
-        else:
-            return {"error": f"unknown control {kind}"}
-    except Exception as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    return {}
+    def get(self, block: bool) -> Any:
+        """The next stage input (the engine's first), STOP, or None when not blocking and nothing is pending."""
+        while True:
+            sources = [self.inbox.conn, *self.upstream]
+            ready = wait(sources, timeout=None if block else 0)
+            if not ready:
+                return None
+            conn = min(ready, key=sources.index)
+            if conn is not self.inbox.conn:
+                try:
+                    return self.upstream[conn].recv()
+                except (EOFError, OSError):  # its writer is gone (or switched to a newer link): all of it was read
+                    link.close_end(self.upstream.pop(conn))
+                    continue
+            try:
+                msg = self.inbox.recv()
+            except (EOFError, OSError):
+                return STOP  # the engine closed the pipe or died
+            if isinstance(msg, Stop):
+                return STOP
+            if not isinstance(msg, Request):
+                return msg
+            self.outbox.send(self.serve(msg))
+
+    def serve(self, request: Request) -> Reply:
+        """One control request, answered; a failure is the answer, never the worker's end."""
+        try:
+            match request:
+                case DrainEvents():
+                    return Events(self.rec.drain_batch().to_bytes())
+                case SetRecording(enabled=enabled):
+                    self.rec.enabled = enabled
+                case StartCapture(tb_dir=tb_dir) if self.capture is None:
+                    self.capture = TorchCapture(tb_dir, self.name, self.rec)
+                    self.capture.start()
+                case StopCapture():
+                    capture, self.capture = self.capture, None
+                    return CaptureStopped(capture.stop() if capture is not None else None)
+                case AttachInput():
+                    end = link.attach_input(request, self.inbox.conn, self.rec)
+                    self.upstream[end.conn] = end
+                case AttachOutput():
+                    end = link.attach_output(request, self.inbox.conn, self.rec)
+                    if self.downstream is not None:
+                        link.close_end(self.downstream)
+                    self.downstream = end
+        except Exception as exc:
+            return ControlFailed(f"{type(exc).__name__}: {exc}")
+        return Done()
+
+    def emit(self, out: StageOutput) -> None:
+        """A stage output to the engine, or a code chunk down the direct link when there is one."""
+        if isinstance(out, CodeChunk) and self.downstream is not None:
+            try:
+                self.downstream.send(out)
+                return
+            except (PeerGone, OSError):  # the consumer died: the engine fails what it held; back to the star path
+                link.close_end(self.downstream)
+                self.downstream = None
+            except TransportError as exc:  # no room in time, or a chunk larger than the ring: this request fails
+                log.warning("request %s: could not hand a chunk to the next stage: %s", out.request_id, exc)
+                self.stage.submit(Cancel(out.request_id))
+                out = Failed(out.request_id, "code2wav: the stage could not take its audio codes")
+        self.outbox.send(out)
+
+    def close(self) -> None:
+        for end in [*self.upstream.values(), *([self.downstream] if self.downstream else [])]:
+            link.close_end(end)
 
 
 def worker_main(
@@ -48,49 +130,35 @@ def worker_main(
     send_timeout_s: float,
 ) -> None:
     """The `mp` worker's entry point (spawn): build the stage here, say ready (or send the traceback), then loop.
-    `in_bell` is rung when input space is freed; `out_bell` is waited on when the output ring is full."""
+    `in_conn` is a socket (it also carries the file descriptors of direct links); `in_bell` is rung when input space
+    is freed; `out_bell` is waited on when the output ring is full."""
     import torch
 
-    from engine.runtime.transport import Control, Receiver, Sender, ShmRing
     from telemetry.events import get_recorder, set_process_name
 
     set_process_name(name)
     torch.set_num_threads(threads)
     rec = get_recorder()
-    capture: dict[str, Any] = {}  # the running TorchCapture, if any
     rings = [ShmRing(ring_bytes, in_ring), ShmRing(ring_bytes, out_ring)]
     inbox = Receiver(in_conn, rings[0], in_bell, rec)
     outbox = Sender(out_conn, rings[1], out_bell, rec, send_timeout_s)
+    worker: Worker | None = None
     try:
         try:
             stage = factory()
         except BaseException:
-            outbox.send_control("!error", where="start", text=traceback.format_exc())
+            outbox.send(WorkerError("start", traceback.format_exc()))
             return
-        outbox.send_control("!ready")
-
-        def get(block: bool) -> Any:
-            while block or in_conn.poll():
-                try:
-                    msg = inbox.recv()
-                except (EOFError, OSError):
-                    return STOP  # the engine closed the pipe or died
-                if not isinstance(msg, Control):
-                    return msg
-                if msg.kind == "!stop":
-                    return STOP
-                if msg.kind == "!drain":
-                    outbox.send_control("!events", data=rec.drain_batch().to_bytes())
-                else:
-                    outbox.send_control("!reply", **_profile_control(msg.kind, msg.fields, name, rec, capture))
-            return None
-
+        outbox.send(Ready())
+        worker = Worker(stage, name, inbox, outbox, rec)
         try:
-            stage_loop(stage, get, outbox.send)
+            stage_loop(stage, worker.get, worker.emit)
         except BaseException:
-            outbox.send_control("!error", where="step", text=traceback.format_exc())
+            outbox.send(WorkerError("step", traceback.format_exc()))
             raise SystemExit(1) from None
     finally:
+        if worker is not None:
+            worker.close()
         for ring in rings:
             ring.close()
         for conn in (in_conn, out_conn, in_bell, out_bell):

@@ -57,7 +57,7 @@ def _prefix_key(prefix: Tensor) -> bytes:
 
 
 class Code2WavStage:
-    """The `Stage` of engine/stages/base.py for the codec decoder. Inputs: `CodeChunk` (per request, in index order
+    """The `Stage` of engine/stages/stage.py for the codec decoder. Inputs: `CodeChunk` (per request, in index order
     from 0) and `Cancel`; outputs: one `AudioOut` per chunk (float32 on the CPU), or one `Failed` per bad request."""
 
     name = "code2wav"
@@ -109,10 +109,9 @@ class Code2WavStage:
                 ready.append((req.items[0].seq, rid))
         if ready:
             out += self._decode(self._pick_batch(ready))
+        held = sum(not req.warm_only for req in self._requests.values())
+        self.recorder.counter(events.IN_FLIGHT, held, track=events.CODE2WAV)  # requests whose state it keeps
         return out
-
-    def in_flight(self) -> list[str]:
-        return [rid for rid, req in self._requests.items() if not req.warm_only]
 
     # --- intake
 

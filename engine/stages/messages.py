@@ -1,19 +1,37 @@
 """Messages into and out of the stages. Each is a dataclass of tensors and plain values; the runtime moves them
 (in-process as they are, between processes with tensors in shared memory), the stages never see how.
 
-Flow: engine -> talker: TalkerJob, Credit, Cancel; talker -> code2wav: CodeChunk (and Cancel); engine -> code2wav:
-WarmPrefix; code2wav -> engine: AudioOut; any stage -> engine: Failed.
+Flow: engine -> talker: TalkerJob, Credit, Cancel; talker -> code2wav: CodeChunk (through the engine, or straight
+when both run `mp`); engine -> code2wav: WarmPrefix, Cancel; code2wav -> engine: AudioOut; any stage -> engine: Failed.
+
+`WIRE` is the one registry of what may cross a process boundary: every stage message here, the runtime's control
+messages (`engine.runtime.control`) and the dataclasses they nest; `@wire` adds a class to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from torch import Tensor
 
 from engine.model.sampling import SamplingParams
 
+T = TypeVar("T", bound=type)
+WIRE: dict[str, type] = {}  # class name -> class: what the transport may encode and decode
 
+
+def wire(cls: T) -> T:
+    """Register a dataclass as a message the transport may carry (by its class name, which must be unique)."""
+    if WIRE.setdefault(cls.__name__, cls) is not cls:
+        raise TypeError(f"two wire messages are named {cls.__name__}")
+    return cls
+
+
+wire(SamplingParams)
+
+
+@wire
 @dataclass
 class TalkerJob:
     """A validated request, tokenized and with its voice prepared; the talker stage lays out its prompt."""
@@ -32,6 +50,7 @@ class TalkerJob:
     non_streaming: bool | None = None
 
 
+@wire
 @dataclass
 class CodeChunk:
     """Frames of one request for Code2Wav. `codes` may be empty on the last chunk (the request ended on a boundary).
@@ -44,6 +63,7 @@ class CodeChunk:
     prefix_codes: Tensor | None = None
 
 
+@wire
 @dataclass
 class WarmPrefix:
     """A voice's reference codes, sent ahead of any request that clones it: code2wav decodes them into its prefix
@@ -52,6 +72,7 @@ class WarmPrefix:
     prefix_codes: Tensor  # (frames, 16) int64
 
 
+@wire
 @dataclass
 class AudioOut:
     request_id: str
@@ -61,6 +82,7 @@ class AudioOut:
     is_last: bool
 
 
+@wire
 @dataclass
 class Credit:
     """The listener consumed chunks: the talker may emit `n` more for this request."""
@@ -69,6 +91,7 @@ class Credit:
     n: int = 1
 
 
+@wire
 @dataclass
 class Cancel:
     """Drop a request and free its slots (a closed stream, an engine shutting down)."""
@@ -76,6 +99,7 @@ class Cancel:
     request_id: str
 
 
+@wire
 @dataclass
 class Failed:
     """A request a stage could not serve; the engine ends its stream with an error carrying `message`."""

@@ -2,7 +2,8 @@
 
 A stage is synchronous and single-threaded: the runtime hands it inputs with `submit`, calls `step` while
 `has_work()` is true, and delivers what `step` returns. When there is no work the runtime blocks on its input
-channel (no polling), so an idle stage costs nothing.
+channel (no polling), so an idle stage costs nothing. Which requests a stage may hold is the router's ledger, kept
+outside the stage, so that it survives the stage's death.
 """
 
 from __future__ import annotations
@@ -23,6 +24,3 @@ class Stage(Protocol):
 
     def step(self) -> list[StageOutput]:
         """One unit of work (a decode step of the running batch, a batch of decodes) and its outputs."""
-
-    def in_flight(self) -> list[str]:
-        """Request ids this stage holds: the ones to fail if its worker dies."""

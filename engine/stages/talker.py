@@ -110,7 +110,7 @@ class TalkerStage:
 
     def submit(self, message: StageInput) -> None:
         if isinstance(message, TalkerJob):
-            if message.request_id in self.in_flight():
+            if message.request_id in self._chunks or any(j.request_id == message.request_id for j in self._waiting):
                 raise ValueError(f"request {message.request_id!r} is already in the talker stage")
             self._waiting.append(message)
         elif isinstance(message, Credit):
@@ -138,9 +138,6 @@ class TalkerStage:
         self.recorder.counter(ev.IN_FLIGHT, len(self._rows), track=ev.TALKER)
         self.recorder.counter(ev.QUEUE_DEPTH, len(self._waiting), track=ev.TALKER)
         return out
-
-    def in_flight(self) -> list[str]:
-        return [job.request_id for job in self._waiting] + list(self._chunks)
 
     # admission
 

@@ -138,7 +138,7 @@ def _embedded(args: argparse.Namespace, prompts: PromptSet, modes: list[str], me
     with Engine(config) as engine:
         task = args.task or engine.info.task
         speaker = args.voice or (engine.info.speakers[0] if engine.info.speakers else None)
-        meta.update(target=config_path, task=task, max_new_tokens=max_new, worker_pids=engine.worker_pids())
+        meta.update(target=config_path, task=task, max_new_tokens=max_new, worker_pids=engine.probe.worker_pids())
         counter = [0]
 
         def jobs(n: int, offset: int) -> list[Any]:

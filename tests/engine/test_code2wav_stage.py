@@ -55,6 +55,11 @@ def chunks(rid: str, codes: torch.Tensor, sizes: list[int], prefix: torch.Tensor
     return out
 
 
+def held(stage: Code2WavStage) -> list[str]:
+    """The requests whose decoder state the stage keeps (a warm-up of a voice is no request)."""
+    return [rid for rid, req in stage._requests.items() if not req.warm_only]
+
+
 def run(stage: Code2WavStage) -> list:
     out = []
     while stage.has_work():
@@ -80,7 +85,7 @@ def test_streamed_audio_equals_one_shot_decoding(decoder: Code2Wav, sizes: list[
     assert all(o.samples.dtype == torch.float32 and o.samples.device.type == "cpu" for o in outputs)
     assert all(o.samples.shape == (o.frames * SAMPLES_PER_FRAME,) for o in outputs)
     torch.testing.assert_close(joined(outputs, "a"), one_shot(decoder, codes), atol=ATOL, rtol=0)
-    assert stage.in_flight() == []  # the last chunk freed the request's state
+    assert held(stage) == []  # the last chunk freed the request's state
 
 
 @pytest.mark.parametrize("frames", [7, 8])  # 15 ref + 7: the official cut is one sample short; 15 + 8: it is exact
@@ -115,7 +120,7 @@ def test_a_prefix_warmed_ahead_spares_the_first_request_its_decode(decoder: Code
     stage.submit(WarmPrefix(ref))
     stage.submit(WarmPrefix(ref.clone()))  # the same voice again while queued: one decode
     stage.submit(WarmPrefix(random_codes(3, seed=6) + 5000))  # unfit codes: nothing to warm, nothing to answer
-    assert stage.in_flight() == []  # no request is held by a warm-up
+    assert held(stage) == []  # no request is held by a warm-up
     assert run(stage) == []  # and none is answered
     for chunk in chunks("a", codes, [2, 4], prefix=ref):
         stage.submit(chunk)
@@ -144,7 +149,7 @@ def test_interleaved_requests_decode_in_shared_batches(decoder: Code2Wav) -> Non
     sizes = [e.args["batch_size"] for e in spans]
     assert max(sizes) == 3 and all(1 <= s <= 3 for s in sizes)  # batches form, bounded by max_num_seqs
     assert all(len(set(e.args["requests"])) == e.args["batch_size"] for e in spans)  # one chunk per request
-    assert stage.in_flight() == []
+    assert held(stage) == []
 
 
 def test_cancel_frees_the_request_and_ignores_its_late_chunks(decoder: Code2Wav) -> None:
@@ -152,13 +157,13 @@ def test_cancel_frees_the_request_and_ignores_its_late_chunks(decoder: Code2Wav)
     a, b = chunks("a", random_codes(10, seed=4), [2, 8]), chunks("b", random_codes(4, seed=5), [2, 2])
     stage.submit(a[0])
     stage.submit(b[0])
-    assert len(stage.step()) == 2 and sorted(stage.in_flight()) == ["a", "b"]  # both hold decoder state
+    assert len(stage.step()) == 2 and sorted(held(stage)) == ["a", "b"]  # both hold decoder state
     stage.submit(Cancel("a"))
     stage.submit(a[1])  # emitted by the talker before it saw the cancel
     stage.submit(b[1])
     outputs = run(stage)
     assert [(o.request_id, o.index) for o in outputs] == [("b", 1)]
-    assert stage.in_flight() == [] and not stage.has_work()
+    assert held(stage) == [] and not stage.has_work()
 
 
 def test_a_bad_chunk_fails_only_its_request(decoder: Code2Wav, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
@@ -192,7 +197,7 @@ def test_a_bad_chunk_fails_only_its_request(decoder: Code2Wav, monkeypatch: pyte
     assert "out of range" in failed["range"] and failed["poison"] == "code2wav: the decode failed"
     assert "request poison: code2wav: the decode failed" in caplog.text and "poisoned" in caplog.text  # the detail
     torch.testing.assert_close(joined(outputs, "good"), one_shot(decoder, good), atol=ATOL, rtol=0)
-    assert stage.in_flight() == []
+    assert held(stage) == []
 
 
 def test_only_code_chunks_and_cancels_are_taken(decoder: Code2Wav) -> None:

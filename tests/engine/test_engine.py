@@ -187,12 +187,12 @@ def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
         # the only talker slot is free again: the next request runs to the end
         done = engine.synthesize(clone(clips, frames=6))
         assert sum(c.frames for c in done.chunks) == 6
-        assert engine._stages["talker"].in_flight() == []
+        assert engine.router.requests_in("talker") == []
 
 
 def test_a_killed_worker_fails_its_requests_and_is_replaced(checkpoints, clips) -> None:
     with Engine(engine_config(checkpoints["base"], "mp", "uni")) as engine:
-        pid = engine._stages["talker"].pid
+        pid = engine.router.stages["talker"].pid
 
         async def killed_mid_stream() -> None:
             stream = engine.generate(clone(clips, frames=2000))
@@ -206,14 +206,14 @@ def test_a_killed_worker_fails_its_requests_and_is_replaced(checkpoints, clips) 
         asyncio.run(asyncio.wait_for(killed_mid_stream(), 60))
         wait_until(lambda: engine.ready()["talker"], what="a new talker worker")
         assert sum(c.frames for c in engine.synthesize(clone(clips, frames=5)).chunks) == 5
-        assert engine._stages["talker"].pid != pid and engine.requests_in_flight == 0
+        assert engine.router.stages["talker"].pid != pid and engine.requests_in_flight == 0
 
 
 def test_a_replacement_killed_in_its_start_up_is_replaced_again(checkpoints, clips) -> None:
     """The double kill: the worker, then its replacement while it starts. Nothing wedges: requests in the meantime
     fail fast or succeed, never wait; a new worker comes up; every place in the engine is given back."""
     with Engine(engine_config(checkpoints["base"], "mp", "uni", restart_backoff_s=0.1)) as engine:
-        talker = engine._stages["talker"]
+        talker = engine.router.stages["talker"]
         first = talker.pid
 
         async def killed_twice() -> None:
@@ -245,14 +245,14 @@ def test_while_a_stage_has_no_worker_requests_fail_fast_and_restarts_give_up_in_
         prepared: list[str] = []
         monkeypatch.setattr(engine.prep, "prepare", lambda request: prepared.append(request.request_id))
         checkpoint.rename(tmp_path / "moved")  # a replacement worker finds no weights to load
-        os.kill(engine._stages["talker"].pid, signal.SIGKILL)
+        os.kill(engine.router.stages["talker"].pid, signal.SIGKILL)
         wait_until(lambda: not engine.ready()["talker"], what="the death to be seen")
 
         with pytest.raises(StageUnavailable) as refused:
             asyncio.run(collect(engine, clone(clips, frames=3)))
         assert refused.value.stage == "talker" and prepared == [] and engine.requests_in_flight == 0
 
-        wait_until(lambda: engine._restarters["talker"].state is StageState.DOWN, what="the restarts to give up")
+        wait_until(lambda: engine.router.restarters["talker"].state is StageState.DOWN, what="the restarts to give up")
         (tmp_path / "moved").rename(checkpoint)  # too late: a stage that gave up stays down
         with pytest.raises(StageUnavailable, match="the talker stage is down"):
             asyncio.run(collect(engine, clone(clips, frames=3)))
@@ -301,7 +301,7 @@ def test_a_request_that_fails_inside_the_talker_step_fails_alone(
     the talker's real decode step. Only that request fails; the stage keeps its worker, and a stream running beside
     it completes whole, byte-identical to the same request alone."""
     engine: Engine = request.getfixturevalue(executors)
-    pid = engine._stages["talker"].pid
+    pid = engine.router.stages["talker"].pid
     live = functools.partial(clone, clips, frames=60)
     alone = engine.synthesize(live()).wav
     prepare = engine.prep.prepare
@@ -324,7 +324,7 @@ def test_a_request_that_fails_inside_the_talker_step_fails_alone(
     chunks, error = asyncio.run(asyncio.wait_for(side_by_side(), 120))
     assert str(error) == "request poisoned failed: talker: the decode step failed"
     np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), alone)
-    assert engine._stages["talker"].pid == pid and engine.ready() == {"code2wav": True, "talker": True}
+    assert engine.router.stages["talker"].pid == pid and engine.ready() == {"code2wav": True, "talker": True}
 
 
 @pytest.mark.parametrize(
@@ -450,7 +450,7 @@ def test_close_ends_streams_in_flight_and_stops_a_stuck_worker_within_its_grace(
         preparing = asyncio.create_task(collect(engine, clone(clips, frames=3)))
         while engine.requests_in_flight < 4:
             await asyncio.sleep(0.01)
-        os.kill(engine._stages["talker"].pid, signal.SIGSTOP)
+        os.kill(engine.router.stages["talker"].pid, signal.SIGSTOP)
         closer = threading.Thread(target=engine.close, kwargs={"grace_s": 1.0})
         closer.start()
         for stream in streams:
@@ -472,7 +472,7 @@ def test_close_during_a_restart_leaves_no_worker_behind(checkpoints) -> None:
     resource_tracker.ensure_running()
     children_before, rings_before = set(psutil.Process().children(recursive=True)), our_rings()
     engine = Engine(engine_config(checkpoints["base"], "mp", "uni"))
-    talker = engine._stages["talker"]
+    talker = engine.router.stages["talker"]
     first = talker.pid
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: talker.pid not in (None, first), what="the replacement")  # starting now
@@ -501,19 +501,19 @@ def test_a_clip_prepared_ahead_spares_the_first_request_its_encoders_and_prefix_
     fresh = tmp_path / "fresh.wav"  # a clip no other test of this engine clones
     sf.write(fresh, samples * (0.5 if executors == "uni" else 0.6), rate)
     clip = fresh.read_bytes()
-    engine.timeline()  # drop the events of earlier tests
+    engine.probe.timeline()  # drop the events of earlier tests
     voice = engine.prepare_voice(clip).result(timeout=60)
     assert voice.icl and voice.ref_text is None  # the transcript comes with each request
     ref_frames = voice.ref_codes.shape[0]
     deadline, warmed = time.monotonic() + 60, []
     while not warmed:  # code2wav decodes the reference codes in the background
         assert time.monotonic() < deadline, "the prefix was never warmed"
-        warmed = [e for e in engine.timeline().select(name=ev.CODE2WAV_DECODE) if e.args.get("warming")]
+        warmed = [e for e in engine.probe.timeline().select(name=ev.CODE2WAV_DECODE) if e.args.get("warming")]
     assert warmed[0].args["frames"] == ref_frames
     hits, misses = engine.prep.voices.hits, engine.prep.voices.misses
     engine.synthesize(clone(clips, frames=3, ref_audio=clip))
     assert (engine.prep.voices.hits, engine.prep.voices.misses) == (hits + 1, misses)
-    decoded = [e.args["frames"] for e in engine.timeline().select(name=ev.CODE2WAV_DECODE)]
+    decoded = [e.args["frames"] for e in engine.probe.timeline().select(name=ev.CODE2WAV_DECODE)]
     assert ref_frames not in decoded and sum(decoded) == 3  # only the request's own three frames
     with pytest.raises(RequestError) as refused:
         engine.prepare_voice(b"not audio").result(timeout=60)

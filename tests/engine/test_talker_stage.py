@@ -82,6 +82,11 @@ def codes_of(out: list, rid: str) -> torch.Tensor:
     return torch.cat([c.codes for c in chunks])
 
 
+def held(stage: TalkerStage) -> list[str]:
+    """The requests the stage keeps anything of: waiting jobs, then running rows and unsent chunks."""
+    return [job.request_id for job in stage._waiting] + list(stage._chunks)
+
+
 def clone(text: str, voice: VoicePrompt) -> SynthesisInput:
     return SynthesisInput(text, voice=voice)
 
@@ -109,7 +114,7 @@ def test_alone_the_stage_gives_the_reference_codes(models, icl_voice, task, para
     else:  # Code2Wav warms its state on the reference codes, carried by the first chunk only
         assert torch.equal(out[0].prefix_codes, icl_voice.ref_codes)
         assert all(c.prefix_codes is None for c in out[1:])
-    assert stage.in_flight() == [] and not stage.has_work()
+    assert held(stage) == [] and not stage.has_work()
 
 
 @pytest.mark.parametrize(
@@ -176,9 +181,9 @@ def test_a_cancel_frees_the_slot_for_the_next_request(models, icl_voice):
     stage.submit(job(model, "a", clone("a long one", icl_voice), long, None))
     stage.submit(job(model, "b", clone("the next one", icl_voice), GREEDY, None))
     out = [stage.step() for _ in range(3)]
-    assert stage.in_flight() == ["b", "a"]  # b waits: a holds the only slot
+    assert held(stage) == ["b", "a"]  # b waits: a holds the only slot
     stage.submit(Cancel("a"))
-    assert stage.in_flight() == ["b"]
+    assert held(stage) == ["b"]
     out = run(stage)
     assert all(c.request_id == "b" for c in out)
     assert torch.equal(codes_of(out, "b"), model.generate_codes(clone("the next one", icl_voice), GREEDY))
@@ -193,14 +198,14 @@ def test_a_request_without_credits_pauses_while_others_go_on(models, icl_voice):
     out = run(stage)  # returns once only the paused row is left
     assert [len(c.codes) for c in out if c.request_id == "slow"] == [2]
     assert torch.equal(codes_of(out, "fast"), model.generate_codes(fast, GREEDY))
-    assert stage.in_flight() == ["slow"] and not stage.has_work()
+    assert held(stage) == ["slow"] and not stage.has_work()
     steps = stage.recorder.drain()
     assert sum("slow" in e.args["requests"] for e in steps if e.name == events.DECODE_STEP) == 4  # 2 + 2 pending
 
     stage.submit(Credit("slow", 1))
     out += run(stage)  # the pending chunk goes out; the row runs until the next one is full
     assert [len(c.codes) for c in out if c.request_id == "slow"] == [2, 2]
-    assert stage.in_flight() == ["slow"] and not stage.has_work()
+    assert held(stage) == ["slow"] and not stage.has_work()
     stage.submit(Credit("slow", 99))
     out += run(stage)
     assert torch.equal(codes_of(out, "slow"), model.generate_codes(slow, GREEDY))
@@ -245,7 +250,7 @@ def test_a_row_that_raises_in_the_decode_step_fails_alone(models, icl_voice):
     assert torch.equal(codes_of(out, "greedy"), model.generate_codes(greedy, GREEDY))
     steps = [e for e in stage.recorder.drain() if e.name == events.DECODE_STEP]
     assert steps[0].args["requests"] == ["seeded", "broken"]  # they were batched: the step was split to find it
-    assert stage.in_flight() == [] and sorted(stage._free) == [0, 1, 2, 3]
+    assert held(stage) == [] and sorted(stage._free) == [0, 1, 2, 3]
 
 
 def test_the_slot_of_a_failed_row_is_clean_for_the_next_request(models, icl_voice):

@@ -58,7 +58,7 @@ def test_a_run_has_both_stages_and_streams_before_the_talker_is_done(engine: Eng
     decode_steps = tl.select(kind=SPAN, name=ev.DECODE_STEP, track=ev.TALKER)
     decodes = tl.select(kind=SPAN, name=ev.CODE2WAV_DECODE, track=ev.CODE2WAV)
     assert decode_steps and decodes
-    workers = engine.worker_pids()
+    workers = engine.probe.worker_pids()
     assert {e.pid for e in decode_steps} == {workers.get("talker", os.getpid())}
     assert {e.pid for e in decodes} == {workers.get("code2wav", os.getpid())}
     for rid in result.requests:
@@ -90,7 +90,7 @@ def check_run_folder(run_dir: Path, result: RunResult) -> None:
 
 def test_a_captured_run_writes_a_torch_trace_per_process_on_our_clock(engine: Engine, tmp_path: Path) -> None:
     result = profile_run(engine, requests(2, frames=4, prefix="c"), capture=True, run_dir=tmp_path)
-    workers = engine.worker_pids()
+    workers = engine.probe.worker_pids()
     files = sorted(p.name.split(".")[0] for p in (tmp_path / "tb").glob("*.pt.trace.json"))
     assert files == sorted(["engine", *workers])  # TensorBoard's layout: <logdir>/tb/<worker>.<ns>.pt.trace.json
     trace = json.loads((tmp_path / "trace.json").read_text())
@@ -102,7 +102,7 @@ def test_a_captured_run_writes_a_torch_trace_per_process_on_our_clock(engine: En
     steps = result.timeline.select(kind=SPAN, name=ev.DECODE_STEP)
     torch_steps = [e for e in trace["traceEvents"] if e.get("name") == "talker/decode_step"]
     assert abs(min(e["ts"] for e in torch_steps) - steps[0].start_ns / 1000) < 1000  # µs: within a millisecond
-    assert engine.stop_capture() == []  # nothing left running
+    assert engine.probe.stop_capture() == []  # nothing left running
     assert result.gpu_idle is None  # a CPU run: no GPU ops to split
     assert json.loads((tmp_path / "metrics.json").read_text())["gpu_idle"] is None
 
@@ -122,11 +122,11 @@ def test_a_captured_cuda_run_splits_gpu_idle_per_stage(checkpoints, tmp_path: Pa
 
 
 def test_recording_off_still_measures_the_run(engine: Engine) -> None:
-    engine.set_recording(False)
+    engine.probe.set_recording(False)
     try:
         result = profile_run(engine, requests(2, frames=4, prefix="off"))
     finally:
-        engine.set_recording(True)
+        engine.probe.set_recording(True)
     assert not [e for e in result.timeline.events if e.track != ev.UTILIZATION]
     assert result.metrics.requests == 2 and result.metrics.audio_s == pytest.approx(2 * 4 * 0.08)
     assert profile_run(engine, requests(1, frames=2, prefix="on")).timeline.select(name=ev.DECODE_STEP)

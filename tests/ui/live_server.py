@@ -35,7 +35,7 @@ class Live:
     def wait_idle(self, timeout: float = 10.0) -> float:
         """Seconds until no request is left in the API or the talker (fails past `timeout`)."""
         start = time.monotonic()
-        while self.in_flight or self.engine._stages["talker"].in_flight():
+        while self.in_flight or self.engine.router.requests_in("talker"):
             assert time.monotonic() - start < timeout, "the server did not free the request"
             time.sleep(0.01)
         return time.monotonic() - start

@@ -126,7 +126,7 @@ def test_a_stream_starts_before_the_request_finishes(base: Live, http: httpx.Cli
         first = next(chunks)
         first_at = time.monotonic() - start
         # when the first bytes are here, the talker is still generating this request
-        assert response.headers["x-voxtrace-request-id"] in base.engine._stages["talker"].in_flight()
+        assert response.headers["x-voxtrace-request-id"] in base.engine.router.requests_in("talker")
         rest = b"".join(chunks)
     total = time.monotonic() - start
     assert first_at < total / 3

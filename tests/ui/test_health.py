@@ -51,7 +51,7 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> 
 
 
 def kill_talker(live: Live) -> None:
-    os.kill(live.engine.worker_pids()["talker"], signal.SIGKILL)
+    os.kill(live.engine.probe.worker_pids()["talker"], signal.SIGKILL)
 
 
 def test_health_says_the_process_serves(client: httpx.Client) -> None:
@@ -67,7 +67,7 @@ def test_ready_is_503_naming_the_stage_until_its_worker_is_replaced(
         "status": "ready",
         "stages": {"code2wav": True, "talker": True},
     }
-    talker = mp.engine._stages["talker"]
+    talker = mp.engine.router.stages["talker"]
     replace = threading.Event()  # the replacement waits for the test, so "down" lasts as long as the test looks
     restart = talker.restart
     monkeypatch.setattr(talker, "restart", lambda *args, **kw: (replace.wait(60), restart(*args, **kw)))
@@ -90,7 +90,7 @@ def test_a_worker_that_dies_mid_request_is_a_short_500_and_one_log_line(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="voxtrace"), ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.post, "/v1/audio/speech", json=clone(max_new_tokens=LONG))
-        wait_for(lambda: mp.engine._stages["talker"].in_flight(), "the request did not reach the talker")
+        wait_for(lambda: mp.engine.router.requests_in("talker"), "the request did not reach the talker")
         kill_talker(mp)
         response = answer.result(60)
     assert response.status_code == 500
