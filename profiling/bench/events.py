@@ -80,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     out = bench(args.n)
-    for name, ns in out.items():
-        print(f"{name:28s} {ns:8.0f} ns")
+    print(f"{'ns per call':<12} {'on':>8} {'off':>8} {'on - off':>9}")
+    for name in CASES:
+        on, off = out[f"{name} on"], out[f"{name} off"]
+        print(f"{name:<12} {on:>8.0f} {off:>8.0f} {on - off:>9.0f}")
+    print(f"drain + to_bytes: {out['drain+to_bytes per event']:.0f} ns per event")
     return out

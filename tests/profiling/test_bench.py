@@ -89,7 +89,7 @@ def test_a_subcommand_prints_its_figures_and_the_line_that_reproduces_them(capsy
     figures = bench.main(["events", "--n", "2000"])
     assert {"span on", "span off", "drain+to_bytes per event"} <= set(figures)
     out = capsys.readouterr().out
-    assert "span off" in out and out.rstrip().endswith("reproduce: python -m profiling.bench events --n 2000")
+    assert "on - off" in out and out.rstrip().endswith("reproduce: python -m profiling.bench events --n 2000")
 
 
 def test_a_real_checkpoint_of_another_type_is_refused_before_anything_is_timed(checkpoints) -> None:
