@@ -190,26 +190,27 @@ def build_task_prompt(
             )
         if (ref_ids is None) != (ref_codes is None):
             raise PromptError("voice", "ICL cloning needs both ref_ids and ref_codes (or neither, for x-vector only)")
-        return build_prompt(
-            talker,
-            cfg,
-            text_ids,
-            language,
-            xvector=xvector,
-            ref_ids=ref_ids,
-            ref_codes=ref_codes,
-            non_streaming=bool(non_streaming),
-        )
-    if kind == "custom_voice":
-        if speaker is None:
-            raise PromptError("speaker", "a CustomVoice checkpoint speaks as one of its speakers: name one")
-        if cfg.tts_model_size == "0b6":
-            instruct_ids = None
+        speaker = instruct_ids = None
     else:
-        speaker = None
-    non_streaming = True if non_streaming is None else non_streaming
+        xvector = ref_ids = ref_codes = None
+        if kind != "custom_voice":
+            speaker = None
+        elif speaker is None:
+            raise PromptError("speaker", "a CustomVoice checkpoint speaks as one of its speakers: name one")
+        elif cfg.tts_model_size == "0b6":
+            instruct_ids = None
+    streaming_by_default = kind == "base"
     return build_prompt(
-        talker, cfg, text_ids, language, speaker=speaker, instruct_ids=instruct_ids, non_streaming=non_streaming
+        talker,
+        cfg,
+        text_ids,
+        language,
+        speaker=speaker,
+        xvector=xvector,
+        instruct_ids=instruct_ids,
+        ref_ids=ref_ids,
+        ref_codes=ref_codes,
+        non_streaming=not streaming_by_default if non_streaming is None else non_streaming,
     )
 
 
