@@ -92,8 +92,12 @@ def test_mel_matches_official_values() -> None:
     mel = log_mel_spectrogram(audio)[0]
     # (band, frame) -> value from the official mel_spectrogram on the same signal
     official = {(0, 0): -1.132803, (9, 3): -5.874811, (10, 7): -5.359528, (40, 10): -9.962391, (127, 17): -7.170567}
+    peak = mel.max().item()
     for (band, frame), value in official.items():
-        assert mel[band, frame].item() == pytest.approx(value, abs=1e-5)
+        # float32 FFT rounding is relative to the loudest bin, so a bin e^k below it carries e^k times the error, and
+        # how it rounds depends on the CPU's kernels (band 40 sits 11 nats down: 7e-4 apart on one CPU, 0 on another)
+        tolerance = 1e-5 + torch.finfo(torch.float32).eps * math.exp(peak - value)
+        assert mel[band, frame].item() == pytest.approx(value, abs=tolerance)
     assert (mel[:, 1:].argmax(0) == 16).all()  # 440 Hz falls in mel band 16
 
 
