@@ -1,5 +1,7 @@
-"""How stages run and talk: executors (`uni`: a thread, `mp`: a worker process), the transport between them, the
-replacement of a dead stage (`restarter`), and the one thread that runs prompt prep (`serial`)."""
+"""How stages run and talk: executors (`uni`: a thread, `mp`: a worker process), the transport between them and
+the typed control plane (`transport`, `control`), the direct link between two workers (`link`), the replacement of
+a dead stage (`restarter`), what a profiler may ask of every process (`probe`), and the one thread that runs prompt
+prep (`serial`)."""
 
 from __future__ import annotations
 
