@@ -119,8 +119,3 @@ def capture(tb_run_dir: str | os.PathLike[str], worker: str, recorder: Recorder 
         yield out
     finally:
         out.result = tc.stop()
-
-
-def torch_trace_from_dict(d: dict[str, Any]) -> TorchTrace:
-    """A worker sends `dataclasses.asdict(trace)` home with its events (JSON-safe); this rebuilds it."""
-    return TorchTrace(d["worker"], d["path"], [tuple(p) for p in d["anchors_ns"]], d["wall_minus_mono_ns"])
