@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from engine.runtime.link import connect
 from engine.runtime.loop import StageFactory
 from engine.runtime.restarter import Restarter, RestartPolicy, StageState
 from engine.stages.messages import (
+    CANCELS_REMEMBERED,
     AudioOut,
     Cancel,
     CodeChunk,
@@ -75,6 +77,7 @@ class Router:
         self.stages: dict[str, Executor] = {}
         self.restarters: dict[str, Restarter] = {}
         self.streams: dict[str, Stream] = {}
+        self.cancelled: OrderedDict[str, None] = OrderedDict()  # ids the stages still drop chunks of
         self.direct = False  # talker -> code2wav over their own link (both `mp`)
         self.closed = False
         self._lock = threading.Lock()
@@ -131,6 +134,8 @@ class Router:
                 self.check(kind)
             if rid in self.streams:
                 raise RequestError("request_id", f"{rid!r} is already in flight")
+            if rid in self.cancelled:
+                raise RequestError("request_id", f"{rid!r} names a request cancelled earlier; use a new id")
             if len(self.streams) >= self.places:
                 raise EngineBusy(f"the engine is busy: {len(self.streams)} requests in flight (limit {self.places})")
             stream = self.streams[rid] = Stream(asyncio.get_running_loop())
@@ -142,6 +147,10 @@ class Router:
         with self._lock:
             stream = self.streams.pop(rid, None)
             self.recorder.counter(IN_FLIGHT, len(self.streams), track=ENGINE)
+            if cancel:
+                self.cancelled[rid] = None
+                while len(self.cancelled) > CANCELS_REMEMBERED:
+                    self.cancelled.popitem(last=False)
         if stream is not None and stream.prep is not None:
             stream.prep.cancel()  # still queued: it never runs; running: its result is dropped
         if cancel and not self.closed:

@@ -24,13 +24,21 @@ from torch import Tensor
 
 from engine.config import StageConfig
 from engine.model.codec import Code2Wav, DecoderState
-from engine.stages.messages import AudioOut, Cancel, CodeChunk, Failed, StageInput, StageOutput, WarmPrefix
+from engine.stages.messages import (
+    CANCELS_REMEMBERED,
+    AudioOut,
+    Cancel,
+    CodeChunk,
+    Failed,
+    StageInput,
+    StageOutput,
+    WarmPrefix,
+)
 from telemetry import events
 
 log = logging.getLogger(__name__)
 
 INTEGER_CODES = (torch.int64, torch.int32)
-FORGET_AFTER = 4096  # cancelled or failed ids remembered (to drop their late chunks) before the oldest is forgotten
 
 
 @dataclass
@@ -172,7 +180,7 @@ class Code2WavStage:
         """Forget a request (cancelled or failed) and remember its id so that its late chunks are ignored."""
         self._requests.pop(rid, None)
         self._dropped[rid] = None
-        while len(self._dropped) > FORGET_AFTER:
+        while len(self._dropped) > CANCELS_REMEMBERED:
             self._dropped.popitem(last=False)
 
     def _fail(self, rid: str, message: str) -> Failed:

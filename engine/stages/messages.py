@@ -91,6 +91,10 @@ class Credit:
     n: int = 1
 
 
+CANCELS_REMEMBERED = 4096  # a stage remembers this many cancelled ids, to drop their late chunks (and so an id may
+# not be reused while it is remembered: its new chunks would be dropped too)
+
+
 @wire
 @dataclass
 class Cancel:

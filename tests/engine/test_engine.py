@@ -177,8 +177,10 @@ def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
     config = engine_config(checkpoints["base"], max_num_seqs=1)
     with Engine(config) as engine:
 
+        cancelled = clone(clips, frames=400)
+
         async def cancel_after_first_chunk() -> None:
-            stream = engine.generate(clone(clips, frames=400))
+            stream = engine.generate(cancelled)
             first = await anext(stream)
             assert first.index == 0
             await stream.aclose()
@@ -188,6 +190,9 @@ def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
         done = engine.synthesize(clone(clips, frames=6))
         assert sum(c.frames for c in done.chunks) == 6
         assert engine.router.requests_in("talker") == []
+        # the stages still drop late chunks of the cancelled id: reusing it is refused by name, not left to stall
+        with pytest.raises(RequestError, match="request_id: .* cancelled earlier"):
+            engine.synthesize(cancelled)
 
 
 def test_a_killed_worker_fails_its_requests_and_is_replaced(checkpoints, clips) -> None:
