@@ -106,6 +106,7 @@ class EngineConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     voice_cache_mb: float = 64.0
     close_grace_s: float = 10.0  # Engine.close: how long in-flight work may take to stop before workers are killed
+    direct_link: bool = True  # mp-mp: code chunks go talker -> code2wav over their own ring (False: via the engine)
 
     def __post_init__(self) -> None:
         if self.tiny_task not in TINY_TASKS:

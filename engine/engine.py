@@ -101,7 +101,7 @@ class Engine:
             build = build_in_worker if stage.executor == "mp" else functools.partial(build_from_model, self.model)
             factories[kind] = functools.partial(build, spec)
         try:
-            self.router.start(configs, factories)
+            self.router.start(configs, factories, config.direct_link)
         except BaseException:
             self.close()
             raise

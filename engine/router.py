@@ -86,10 +86,12 @@ class Router:
 
     # -- the stages' life
 
-    def start(self, configs: dict[str, StageConfig], factories: dict[str, StageFactory]) -> None:
+    def start(
+        self, configs: dict[str, StageConfig], factories: dict[str, StageFactory], direct_link: bool = True
+    ) -> None:
         """Start each stage under its configured executor (code2wav first, so its consumer is there when the talker
-        produces); in `mp`-`mp`, link the two workers."""
-        self.direct = all(configs[kind].executor == "mp" for kind in STAGES)
+        produces); in `mp`-`mp`, link the two workers unless `direct_link` is off (the star path, to compare)."""
+        self.direct = direct_link and all(configs[kind].executor == "mp" for kind in STAGES)
         self._link_ring_bytes = configs["code2wav"].ring_mb * 2**20
         for kind in reversed(STAGES):
             config = configs[kind]

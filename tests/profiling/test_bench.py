@@ -95,3 +95,15 @@ def test_a_subcommand_prints_its_figures_and_the_line_that_reproduces_them(capsy
 def test_a_real_checkpoint_of_another_type_is_refused_before_anything_is_timed(checkpoints) -> None:
     with pytest.raises(SystemExit, match="'base' checkpoint; this benchmark times custom_voice"):
         bench.main(["model", "--checkpoint", str(checkpoints["base"])])
+
+
+def test_the_ipc_bench_sees_each_code_chunk_cross_one_ring_on_the_direct_link_and_two_on_the_star_path(
+    checkpoints,
+) -> None:
+    small = ["--requests", "2", "--frames", "6", "--concurrency", "2", "--repeats", "1"]
+    paths = ["--paths", "mp-mp star", "mp-mp direct"]
+    table = bench.main(["ipc", "--checkpoint", str(checkpoints["custom_voice"]), *small, *paths])
+    star, direct = table["mp-mp star"], table["mp-mp direct"]
+    assert star["errors"] == direct["errors"] == 0
+    assert direct["chunk_crossings"] > 0 and star["chunk_crossings"] == 2 * direct["chunk_crossings"]
+    assert direct["transfers"] < star["transfers"]
