@@ -145,17 +145,19 @@ class Router:
         return stream
 
     def end(self, rid: str, cancel: bool) -> None:
-        """Give the request's place back; `cancel`: it did not finish, so the stages drop what they hold of it."""
+        """Give the request's place back; `cancel`: it did not finish, so the stages it reached drop what they hold
+        of it (and its id is refused while they may still drop late chunks of it)."""
         with self._lock:
             stream = self.streams.pop(rid, None)
             self.recorder.counter(IN_FLIGHT, len(self.streams), track=ENGINE)
-            if cancel:
+            reached = cancel and stream is not None and bool(stream.stages)
+            if reached:
                 self.cancelled[rid] = None
                 while len(self.cancelled) > CANCELS_REMEMBERED:
                     self.cancelled.popitem(last=False)
         if stream is not None and stream.prep is not None:
             stream.prep.cancel()  # still queued: it never runs; running: its result is dropped
-        if cancel and not self.closed:
+        if reached and not self.closed:
             for executor in self.stages.values():
                 with contextlib.suppress(ExecutorError, TransportError):
                     if executor.alive:

@@ -193,6 +193,11 @@ def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
         # the stages still drop late chunks of the cancelled id: reusing it is refused by name, not left to stall
         with pytest.raises(RequestError, match="request_id: .* cancelled earlier"):
             engine.synthesize(cancelled)
+        # a request refused before it reached a stage leaves nothing to drop: its id may be used again
+        refused = dataclasses.replace(clone(clips, frames=6), language="klingon")
+        with pytest.raises(RequestError, match="language"):
+            engine.synthesize(refused)
+        assert sum(c.frames for c in engine.synthesize(dataclasses.replace(refused, language="auto")).chunks) == 6
 
 
 def test_a_killed_worker_fails_its_requests_and_is_replaced(checkpoints, clips) -> None:
