@@ -15,6 +15,7 @@ import yaml
 from engine.request import Task
 
 EXECUTORS = ("uni", "mp")
+SAMPLING_MODES = ("fast", "official")
 DTYPES = ("float32", "bfloat16", "float16")
 TINY_TASKS = tuple(task.model_type for task in Task)  # the tiny builder builds one checkpoint per model type
 T = TypeVar("T")
@@ -95,6 +96,32 @@ class LimitsConfig:
 
 
 @dataclass
+class DecodeConfig:
+    """How the stages step: the shapes they run at, how the talker samples, and CUDA graphs.
+
+    `fast` samples every row of a step in one batched call with randomness keyed by (seed, step, code position), so a
+    row's draws do not depend on its neighbours; `official` draws per row from a `torch.Generator` seeded like the
+    `qwen-tts` package (seeded parity with it). Greedy decoding is the same in both. `batch_invariant` runs every
+    step at one shape (the largest batch bucket, the whole KV capacity; Code2Wav at fixed shapes too), so a seeded
+    request gives the same bytes whatever else runs beside it, at the price of computing padding rows.
+    `cuda_graphs` captures each batch bucket's step at start-up on CUDA (ignored on CPU)."""
+
+    sampling_mode: str = "fast"
+    batch_invariant: bool = False
+    cuda_graphs: bool = True
+    batch_buckets: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # capped by max_num_seqs
+
+    def __post_init__(self) -> None:
+        if self.sampling_mode not in SAMPLING_MODES:
+            raise ConfigError(f"decode.sampling_mode must be one of {SAMPLING_MODES}, got {self.sampling_mode!r}")
+        buckets = self.batch_buckets
+        if not buckets or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in buckets):
+            raise ConfigError(f"decode.batch_buckets must be a list of whole numbers >= 1, got {buckets!r}")
+        if sorted(set(buckets)) != buckets:
+            raise ConfigError(f"decode.batch_buckets must be increasing without repeats, got {buckets!r}")
+
+
+@dataclass
 class EngineConfig:
     model: str | None = None  # checkpoint folder or Hub id; None: the embedded tiny random model
     tiny_task: str = "base"  # which tiny model to build when `model` is None
@@ -104,6 +131,7 @@ class EngineConfig:
     code2wav: StageConfig = field(default_factory=lambda: StageConfig(max_num_seqs=4))
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     voice_cache_mb: float = 64.0
     close_grace_s: float = 10.0  # Engine.close: how long in-flight work may take to stop before workers are killed
     direct_link: bool = True  # mp-mp: code chunks go talker -> code2wav over their own ring (False: via the engine)
@@ -146,7 +174,13 @@ def load_yaml(path: str | Path, what: str, build: Callable[[dict[str, Any]], T])
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-_SECTIONS = {"talker": StageConfig, "code2wav": StageConfig, "chunking": ChunkingConfig, "limits": LimitsConfig}
+_SECTIONS = {
+    "talker": StageConfig,
+    "code2wav": StageConfig,
+    "chunking": ChunkingConfig,
+    "limits": LimitsConfig,
+    "decode": DecodeConfig,
+}
 
 
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:

@@ -97,7 +97,7 @@ class Engine:
         configs = {"talker": config.talker, "code2wav": config.code2wav}
         factories = {}
         for kind, stage in configs.items():
-            spec = StageSpec(kind, checkpoint, config.device, config.dtype, stage, config.chunking)
+            spec = StageSpec(kind, checkpoint, config.device, config.dtype, stage, config.chunking, config.decode)
             build = build_in_worker if stage.executor == "mp" else functools.partial(build_from_model, self.model)
             factories[kind] = functools.partial(build, spec)
         try:

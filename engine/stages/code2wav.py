@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from engine.config import StageConfig
+from engine.config import DecodeConfig, StageConfig
 from engine.model.codec import Code2Wav, DecoderState
 from engine.stages.messages import (
     CANCELS_REMEMBERED,
@@ -76,9 +76,11 @@ class Code2WavStage:
         stage: StageConfig,
         recorder: events.Recorder | None = None,
         prefix_cache_size: int = 16,
+        decode: DecodeConfig | None = None,
     ) -> None:
         self.decoder = decoder.eval()
         self.max_num_seqs = stage.max_num_seqs
+        self.decode = decode or DecodeConfig()
         self.recorder = events.get_recorder() if recorder is None else recorder
         self.prefix_cache_size = prefix_cache_size
         self.device = decoder.pre_conv.conv.weight.device

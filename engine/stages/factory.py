@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.config import ChunkingConfig, StageConfig
+from engine.config import ChunkingConfig, DecodeConfig, StageConfig
 from engine.model.loading import find_checkpoint, load_network, load_speech_tokenizer
 from engine.model.qwen3_tts import Qwen3TTS
 from engine.stages.code2wav import Code2WavStage
@@ -25,6 +25,7 @@ class StageSpec:
     dtype: str | None
     stage: StageConfig
     chunking: ChunkingConfig
+    decode: DecodeConfig
 
 
 def build_in_worker(spec: StageSpec) -> Stage:
@@ -33,12 +34,12 @@ def build_in_worker(spec: StageSpec) -> Stage:
     dtype = getattr(torch, spec.dtype) if spec.dtype else None
     if spec.kind == "talker":
         network = load_network(files, spec.device, dtype)
-        return TalkerStage(network.talker, files.config, spec.stage, spec.chunking)
-    return Code2WavStage(load_speech_tokenizer(files, spec.device, dtype).decoder, spec.stage)
+        return TalkerStage(network.talker, files.config, spec.stage, spec.chunking, decode=spec.decode)
+    return Code2WavStage(load_speech_tokenizer(files, spec.device, dtype).decoder, spec.stage, decode=spec.decode)
 
 
 def build_from_model(model: Qwen3TTS, spec: StageSpec) -> Stage:
     """The `uni` factory: the stage shares the engine's loaded weights."""
     if spec.kind == "talker":
-        return TalkerStage(model.talker, model.config, spec.stage, spec.chunking)
-    return Code2WavStage(model.speech_tokenizer.decoder, spec.stage)
+        return TalkerStage(model.talker, model.config, spec.stage, spec.chunking, decode=spec.decode)
+    return Code2WavStage(model.speech_tokenizer.decoder, spec.stage, decode=spec.decode)

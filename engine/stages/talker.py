@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.config import ChunkingConfig, StageConfig
+from engine.config import ChunkingConfig, DecodeConfig, StageConfig
 from engine.model.config import Qwen3TTSConfig
 from engine.model.device import host_tensor
 from engine.model.generate import draw_code0, next_talker_input, predictor_pick
@@ -85,10 +85,12 @@ class TalkerStage:
         chunking: ChunkingConfig,
         recorder: ev.Recorder | None = None,
         max_prefills_per_step: int = 2,
+        decode: DecodeConfig | None = None,
     ) -> None:
         self.talker, self.config, self.chunking = talker, config, chunking
         self.recorder = recorder or ev.get_recorder()
         self.max_prefills_per_step = max_prefills_per_step
+        self.decode = decode or DecodeConfig()
         self.capacity = stage.max_model_len
         self.eos_id = talker.cfg.codec_eos_token_id
         weight = talker.codec_head.weight
