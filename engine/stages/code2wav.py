@@ -6,9 +6,14 @@ one frame count per call, so a step batches the head chunks of several requests 
 oldest waiting chunk (oldest first: no request starves; one chunk per request per batch: FIFO per request).
 
 ICL: the first chunk may carry the reference clip's codes (`prefix_codes`). They run first as a warm-up item whose
-audio is dropped, so the request's audio is exactly `decode(ref ++ codes)[len(ref) * 1920:]`. Warmed states are
-cached by the prefix's content, so a voice used again skips that decode; `WarmPrefix` fills the cache ahead of the
-first request (as a request of its own that decodes the prefix and ends without output).
+audio is dropped, so the request's audio is `decode(ref ++ codes)[len(ref) * 1920:]`. The official cut,
+`icl_trim_start`, is that boundary or, for about 4 % of (ref, total) lengths, one sample earlier; which one depends on
+the total frame count, unknown until the last chunk, while the first sample goes out with the first chunk. So only a
+request whose first chunk is its last gets the official cut exactly (the reference's last sample leads its audio when
+the cut falls early; never so for 1 or 2 generated frames, the default first chunk); a longer stream starts at the
+boundary, one sample after the official output in those cases.
+Warmed states are cached by the prefix's content, so a voice used again skips that decode; `WarmPrefix` fills the
+cache ahead of the first request (as a request of its own that decodes the prefix and ends without output).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor
 
 from engine.config import DecodeConfig, StageConfig
 from engine.model.codec import Code2Wav, DecoderState
+from engine.model.prompt import icl_trim_start
 from engine.stages.messages import (
     CANCELS_REMEMBERED,
     AudioOut,
@@ -53,9 +59,20 @@ class _Item:
 
 
 @dataclass
+class _Warmed:
+    """A decoded ICL prefix: the state its request continues from, and the last sample of its audio, which leads a
+    one-chunk request's audio when the official cut falls a sample early."""
+
+    state: DecoderState
+    last_sample: Tensor  # (1,) float32
+
+
+@dataclass
 class _Request:
     items: deque[_Item] = field(default_factory=deque)
     state: DecoderState | None = None  # None: nothing decoded yet (the zero state)
+    ref_frames: int = 0  # of the ICL prefix
+    ref_last_sample: Tensor | None = None  # set once the prefix is decoded or adopted from the cache
     next_index: int = 0
     warm_only: bool = False  # a WarmPrefix: ends once its prefix is decoded
 
@@ -84,12 +101,13 @@ class Code2WavStage:
         self.recorder = events.get_recorder() if recorder is None else recorder
         self.prefix_cache_size = prefix_cache_size
         self.device = decoder.pre_conv.conv.weight.device
+        self.samples_per_frame = decoder.total_upsample
         self.num_quantizers = decoder.cfg.num_quantizers
         self.codebook_size = decoder.cfg.codebook_size
         self._requests: dict[str, _Request] = {}
         self._pending: list[StageOutput] = []  # answers that need no decode (failures found on submit)
         self._dropped: OrderedDict[str, None] = OrderedDict()  # cancelled/failed: their late chunks are ignored
-        self._prefix_cache: OrderedDict[bytes, DecoderState] = OrderedDict()  # LRU, batch-1 warmed states
+        self._prefix_cache: OrderedDict[bytes, _Warmed] = OrderedDict()  # LRU, batch-1 warmed states
         self._seq = itertools.count()
         with torch.inference_mode():
             self._zero_state = decoder.init_state(1)  # shared: decode_chunk never modifies its input state
@@ -141,6 +159,7 @@ class Code2WavStage:
         codes = chunk.codes.to(torch.int64)
         if chunk.prefix_codes is not None and chunk.prefix_codes.shape[0] and codes.shape[0]:
             prefix = chunk.prefix_codes.to(torch.int64).contiguous()
+            req.ref_frames = prefix.shape[0]
             req.items.append(_Item(prefix, next(self._seq), now, None, _prefix_key(prefix)))
         req.items.append(_Item(codes, next(self._seq), now, chunk))
 
@@ -204,7 +223,8 @@ class Code2WavStage:
                     return
             elif head.prefix_key is not None and head.prefix_key in self._prefix_cache:
                 self._prefix_cache.move_to_end(head.prefix_key)
-                req.state = self._prefix_cache[head.prefix_key]
+                warmed = self._prefix_cache[head.prefix_key]
+                req.state, req.ref_last_sample = warmed.state, warmed.last_sample
                 req.items.popleft()
                 if req.warm_only:  # warmed meanwhile by a request with the same voice
                     del self._requests[rid]
@@ -246,13 +266,15 @@ class Code2WavStage:
         for i, (rid, req, state) in enumerate(zip(group, reqs, states, strict=True)):
             item = req.items.popleft()
             req.state = state
-            if item.chunk is None:  # a warmed ICL prefix: keep the state, drop the audio
-                self._cache_prefix(item.prefix_key, state)
+            if item.chunk is None:  # a warmed ICL prefix: keep the state, drop the audio but its last sample
+                req.ref_last_sample = audio[i, -1:].clone()
+                self._cache_prefix(item.prefix_key, _Warmed(state, req.ref_last_sample))
                 if req.warm_only:
                     del self._requests[rid]
                 continue
             self.recorder.record_span(events.QUEUE_WAIT, events.CODE2WAV, item.submitted_ns, start, request=rid)
-            out.append(AudioOut(rid, item.chunk.index, audio[i].clone(), frames, item.chunk.is_last))
+            samples = self._official_start(req, item.chunk, audio[i].clone())
+            out.append(AudioOut(rid, item.chunk.index, samples, frames, item.chunk.is_last))
             if item.chunk.is_last:
                 del self._requests[rid]
         return out
@@ -264,10 +286,21 @@ class Code2WavStage:
         audio, state = self.decoder.decode_chunk(codes.to(self.device, non_blocking=True), state)
         return audio.float().cpu(), [_compact(s) for s in state.split()]
 
-    def _cache_prefix(self, key: bytes | None, state: DecoderState) -> None:
+    def _official_start(self, req: _Request, chunk: CodeChunk, samples: Tensor) -> Tensor:
+        """Lead a one-chunk ICL request with the reference's last sample where the official cut falls one sample
+        before the frame boundary: only a first chunk that is also the last knows the total the cut depends on."""
+        if chunk.index != 0 or not chunk.is_last or req.ref_last_sample is None:
+            return samples
+        total = req.ref_frames + chunk.codes.shape[0]
+        boundary = req.ref_frames * self.samples_per_frame
+        if icl_trim_start(req.ref_frames, total, total * self.samples_per_frame) == boundary:
+            return samples
+        return torch.cat([req.ref_last_sample, samples])
+
+    def _cache_prefix(self, key: bytes | None, warmed: _Warmed) -> None:
         if key is None or self.prefix_cache_size == 0:
             return
-        self._prefix_cache[key] = state
+        self._prefix_cache[key] = warmed
         self._prefix_cache.move_to_end(key)
         while len(self._prefix_cache) > self.prefix_cache_size:
             self._prefix_cache.popitem(last=False)

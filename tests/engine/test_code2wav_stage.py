@@ -1,5 +1,6 @@
-"""The Code2Wav stage on the tiny checkpoint: streamed chunks equal one-shot decoding, ICL prefixes warm the state,
-chunks of several requests decode in one batch, and a bad chunk or a cancel touches only its own request."""
+"""The Code2Wav stage on the tiny checkpoint: streamed chunks equal one-shot decoding, ICL prefixes warm the state
+and the audio starts at the official cut wherever the stream can know it, chunks of several requests decode in one
+batch, and a bad chunk or a cancel touches only its own request."""
 
 from __future__ import annotations
 
@@ -30,9 +31,12 @@ def decoder(model: Qwen3TTS) -> Code2Wav:
     return model.speech_tokenizer.decoder
 
 
-def make_stage(decoder: Code2Wav, max_num_seqs: int = 4) -> tuple[Code2WavStage, events.Recorder]:
+def make_stage(
+    decoder: Code2Wav, max_num_seqs: int = 4, prefix_cache_size: int = 16
+) -> tuple[Code2WavStage, events.Recorder]:
     recorder = events.Recorder("test")
-    return Code2WavStage(decoder, StageConfig(max_num_seqs=max_num_seqs), recorder), recorder
+    stage = Code2WavStage(decoder, StageConfig(max_num_seqs=max_num_seqs), recorder, prefix_cache_size)
+    return stage, recorder
 
 
 def random_codes(frames: int, seed: int) -> torch.Tensor:
@@ -88,7 +92,35 @@ def test_streamed_audio_equals_one_shot_decoding(decoder: Code2Wav, sizes: list[
     assert held(stage) == []  # the last chunk freed the request's state
 
 
-@pytest.mark.parametrize("frames", [7, 8])  # 15 ref + 7: the official cut is one sample short; 15 + 8: it is exact
+# (15, 7), (15, 11), (17, 6), (17, 11), (17, 12), (17, 14): the official cut falls one sample before the boundary
+@pytest.mark.parametrize("ref_frames, prefix_cache_size", [(15, 16), (17, 0)])  # warmed states cached, or not
+def test_icl_audio_starts_at_the_official_cut_whenever_the_stream_knows_its_total(
+    model: Qwen3TTS, decoder: Code2Wav, ref_frames: int, prefix_cache_size: int
+) -> None:
+    """A sweep of output lengths against `icl_trim_start` (the one-shot path's official cut): a request whose first
+    chunk is its last gets the official audio exactly; a longer stream, whose total is unknown at its first sample,
+    starts at the frame boundary, which is the official cut or one sample after it."""
+    ref, codes = random_codes(ref_frames, seed=ref_frames), random_codes(14, seed=20)
+    voice = VoicePrompt(x_vector=torch.zeros(1), ref_codes=ref)  # decode reads only the ref codes
+    stage, _ = make_stage(decoder, prefix_cache_size=prefix_cache_size)
+    early = []
+    for frames in range(1, 15):
+        total = ref_frames + frames
+        official = torch.from_numpy(model.decode(codes[:frames], voice))
+        extra = ref_frames * SAMPLES_PER_FRAME - icl_trim_start(ref_frames, total, total * SAMPLES_PER_FRAME)
+        early += [frames] * extra
+        for chunk in chunks("whole", codes[:frames], [frames], prefix=ref):
+            stage.submit(chunk)
+        whole = joined(run(stage), "whole")
+        assert whole.shape == official.shape
+        torch.testing.assert_close(whole, official, atol=ATOL, rtol=0)
+        for chunk in chunks("streamed", codes[:frames], [1, frames - 1], prefix=ref):  # [1, 0]: an empty last chunk
+            stage.submit(chunk)
+        torch.testing.assert_close(joined(run(stage), "streamed"), official[extra:], atol=ATOL, rtol=0)
+    assert early == {15: [7, 11], 17: [6, 11, 12, 14]}[ref_frames]  # the sweep holds both cuts
+
+
+@pytest.mark.parametrize("frames", [7, 8])  # 15 ref + 7: the official cut is one sample early; 15 + 8: at the boundary
 def test_icl_prefix_is_decoded_first_and_its_audio_dropped(model: Qwen3TTS, decoder: Code2Wav, frames: int) -> None:
     ref, codes = random_codes(15, seed=2), random_codes(frames, seed=3)
     stage, recorder = make_stage(decoder)
@@ -106,10 +138,11 @@ def test_icl_prefix_is_decoded_first_and_its_audio_dropped(model: Qwen3TTS, deco
     assert reference.shape[0] == streamed.shape[0] + extra
     torch.testing.assert_close(streamed, reference[extra:], atol=ATOL, rtol=0)
 
-    # the same reference clip again: the warmed state comes from the cache, the prefix is not decoded again
+    # the same reference clip again: the warmed state comes from the cache, the prefix is not decoded again; in one
+    # chunk, the request's total is known at its first sample, so its audio starts at the official cut
     for chunk in chunks("b", codes, [frames], prefix=ref):
         stage.submit(chunk)
-    torch.testing.assert_close(joined(run(stage), "b"), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(joined(run(stage), "b"), reference, atol=ATOL, rtol=0)
     decoded = [e.args["frames"] for e in recorder.drain() if e.name == events.CODE2WAV_DECODE]
     assert decoded.count(15) == 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 import torch
@@ -125,6 +126,22 @@ def test_the_task_prompt_refuses_a_missing_input_by_name(model_type, inputs, fie
 def test_icl_trim_cuts_the_reference_share_of_the_samples():
     assert icl_trim_start(ref_frames=10, total_frames=40, num_samples=76800) == 19200
     assert icl_trim_start(0, 0, 100) == 0
+
+
+def test_icl_trim_is_the_frame_boundary_or_one_sample_before_it_as_the_total_falls():
+    """The official int(ref / total × N) over 1..400 reference frames and 1..4000 generated ones: never more than one
+    sample before the boundary, and which of the two changes with the total (15 + 7 early, 15 + 8 not), so a stream
+    cannot know its first sample's place before it knows its end."""
+    spf = 1920
+    early = Counter(
+        ref * spf - icl_trim_start(ref, total, total * spf)
+        for ref in range(1, 401)
+        for total in range(ref + 1, ref + 4001)
+    )
+    assert sorted(early) == [0, 1] and 0.03 < early[1] / early.total() < 0.06
+    assert icl_trim_start(15, 22, 22 * spf) == 15 * spf - 1 and icl_trim_start(15, 23, 23 * spf) == 15 * spf
+    # a default first chunk (2 frames) that is also the last never needs the early cut, for any clip up to 320 s
+    assert all(icl_trim_start(ref, ref + n, (ref + n) * spf) == ref * spf for ref in range(1, 4001) for n in (1, 2))
 
 
 def test_max_new_tokens_draws_give_one_frame_less():
