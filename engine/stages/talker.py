@@ -4,23 +4,31 @@ Each `step` admits waiting jobs into free KV-cache slots (a prefill each, at mos
 of arrivals delays the running rows by a bounded amount), then runs one decode step for every row that may run:
 code 0 per row, codes 1..15 from the code predictor for the whole batch, the next talker input built on the device,
 and the talker's decode step at each row's own position. Rows sit in arbitrary cache slots at different lengths; a
-finished or cancelled request frees its slot at once. Per-row logits, hidden states and the repetition-penalty
-history stay in preallocated device buffers; the sampled codes are the only thing read back, once per step.
+finished or cancelled request frees its slot at once.
 
-The per-step rules are those of `engine.model.generate.generate_codes`: at concurrency 1 the frames are equal to it
-bit for bit. Two shortcuts keep a step free of host syncs and of useless work. A row that drew EOS still rides
-through the predictor and the decode step of that step (its outputs are dropped): we learn of the EOS only at the
-one read-back at the end. A row whose next draw could only be its last (the limit) finishes after this frame,
-without the decode step that would feed that draw, since a last draw never yields a frame.
+The decode step works over static shapes. A request's settings, seed, position, trailing text rows and last logits
+are written once, at admission, into per-slot device tensors (`slots.SlotTable`); a step reads only those, gathered by
+slot index, and the sampled codes are the only thing read back, once per step. The batch is padded up to a bucket
+(`decode.batch_buckets`, capped by `max_num_seqs`) with rows of a scratch slot, so the step runs at a few shapes only:
+one CUDA graph each (`graphs.StepGraphs`). With `decode.batch_invariant` every step runs at the largest bucket over the
+whole KV capacity, so a row's arithmetic, and with `fast` sampling its draws, do not depend on its neighbours.
+`decode.sampling_mode: fast` samples all rows in one batched call keyed by (seed, step, code position)
+(`engine.model.keyed_sampling`); `official` draws per row from a `torch.Generator`, as `generate_codes` does, and runs
+at the exact batch size.
 
-A failure belongs to its request: a job whose prompt cannot be laid out or prefilled fails alone, and a decode step
-that raises is retried on halves of its batch until the row(s) that raise are found; they fail (`Failed`), the others
-take the step as if they had never been batched with them. A retry is exact because an attempt commits nothing a
-retry would not redo: the generators' states are restored, the repetition-penalty history, logits and hidden
-states are written only once the step succeeded, and the KV-cache columns it wrote are rewritten by the retry.
-The message a failed request carries is short; the detail goes to the log.
+The per-step rules are those of `engine.model.generate.generate_codes`: at concurrency 1 in `official` mode the frames
+are equal to it bit for bit (greedy ones in either mode). A row that drew EOS still rides through the predictor and
+the decode step of that step (its outputs are dropped): we learn of the EOS only at the one read-back at the end. So
+does a row's last frame, whose decode step feeds no draw (its position is clamped into the cache; it writes only its
+own row).
 
-Not thread-safe: the runtime calls `submit` and `step` from one thread (base.py).
+A failure belongs to its request: a job whose prompt cannot be laid out or prefilled fails alone; a row whose scores
+are not numbers (its state turned to nan) is flagged in the read-back and fails alone; and a decode step that raises
+is retried on halves of its batch until the row(s) that raise are found. A retry is exact because an attempt commits
+nothing before its last ops, `official` generators are rewound, and `fast` draws are a function of the step. The
+message a failed request carries is short; the detail goes to the log.
+
+Not thread-safe: the runtime calls `submit` and `step` from one thread (stage.py).
 """
 
 from __future__ import annotations
@@ -35,12 +43,15 @@ from torch import Tensor
 from engine.config import ChunkingConfig, DecodeConfig, StageConfig
 from engine.model.config import Qwen3TTSConfig
 from engine.model.device import host_tensor
-from engine.model.generate import draw_code0, next_talker_input, predictor_pick
+from engine.model.generate import draw_code0, predictor_pick
+from engine.model.keyed_sampling import keyed_uniform, sample_keyed
 from engine.model.prompt import PromptError, TalkerPrompt, build_task_prompt
-from engine.model.sampling import SamplingParams
+from engine.model.sampling import SamplingParams, process_talker_logits, suppress_mask
 from engine.model.talker import Talker
 from engine.stages.chunker import Chunker
+from engine.stages.graphs import StepGraphs
 from engine.stages.messages import Cancel, Credit, Failed, StageInput, StageOutput, TalkerJob
+from engine.stages.slots import MIN_NEW, PENALTY, SlotTable, StepRows
 from telemetry import events as ev
 
 log = logging.getLogger(__name__)
@@ -48,30 +59,47 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Row:
-    """A request in the running batch: its cache slot and what its next decode step needs."""
+    """A request in the running batch, as the host sees it: its slot, where it stands, and where its frames go."""
 
     request_id: str
     slot: int
     prompt_len: int
     limit: int  # code-0 draws allowed: max_new_tokens, capped so every decode position fits max_model_len
     params: SamplingParams
-    generator: torch.Generator | None
-    trailing: Tensor  # (T, H) text rows added to the inputs of decode steps 0..T-1
-    tts_pad: Tensor  # (H,) added after that
+    generator: torch.Generator | None  # `official` sampling only
     chunks: Chunker
     step: int = 0  # code-0 draws so far
 
 
-@dataclass
-class _Step:
-    """What one decode step computed, committed only once every row of it succeeded."""
+class KeyedDraws:
+    """`fast` sampling for one step's rows: code 0, then the code predictor's picks, each keyed by (seed, step, code
+    position). A row whose scores are not numbers draws -1 (`sample_keyed`): it is flagged in `broken`, and id 0
+    stands in for it so that the step goes on for the others."""
 
-    slots: Tensor  # (B,) on the device
-    code0: Tensor  # (B,) on the device
-    frames: Tensor  # (B, 16) on the host: the step's one read-back
-    next_slots: Tensor | None  # the rows that go on: their next logits and hidden states
-    logits: Tensor | None
-    hidden: Tensor | None
+    def __init__(self, rows: StepRows, k_cap: int, sub_k_cap: int) -> None:
+        self.rows, self.warp, self.sub_warp = rows, rows.talker_warp(k_cap), rows.predictor_warp(sub_k_cap)
+        self.broken = torch.zeros_like(rows.step, dtype=torch.bool)
+
+    def code0(self, scores: Tensor) -> Tensor:
+        return self._checked(sample_keyed(scores, self.warp, keyed_uniform(self.rows.key, self.rows.step, 0)))
+
+    def pick(self, j: int, scores: Tensor) -> Tensor:
+        """The code predictor's sampler (`PickFn`) for code j + 1."""
+        return self._checked(sample_keyed(scores, self.sub_warp, keyed_uniform(self.rows.key, self.rows.step, j + 1)))
+
+    def _checked(self, ids: Tensor) -> Tensor:
+        self.broken = self.broken | (ids < 0)
+        return ids.clamp(min=0)
+
+
+def _top_k_cap(top_k: int, vocab: int) -> int:
+    """How many of the highest scores a row with this top-k may keep."""
+    return vocab if top_k == 0 else min(top_k, vocab)
+
+
+def batch_buckets(buckets: list[int], max_num_seqs: int) -> list[int]:
+    """The batch sizes a step runs at: the configured ones below `max_num_seqs`, then `max_num_seqs` itself."""
+    return [b for b in buckets if b < max_num_seqs] + [max_num_seqs]
 
 
 class TalkerStage:
@@ -95,14 +123,20 @@ class TalkerStage:
         self.eos_id = talker.cfg.codec_eos_token_id
         weight = talker.codec_head.weight
         self.device, self.dtype = weight.device, weight.dtype
-        slots, vocab = stage.max_num_seqs, talker.cfg.vocab_size
-        # allocated once, under inference mode like every write into them (in `step`)
+        slots = stage.max_num_seqs
+        self.official = self.decode.sampling_mode == "official"
+        self.buckets = batch_buckets(self.decode.batch_buckets, slots)
+        self.vocab = talker.cfg.vocab_size
+        self.predictor_vocab = talker.code_predictor.cfg.vocab_size
+        # allocated once, under inference mode like every write into them (in `step`); the last KV row is the scratch
         with torch.inference_mode():
-            self.cache = talker.allocate_cache(slots, self.capacity)
+            self.cache = talker.allocate_cache(slots + 1, self.capacity)
             self.cp_cache = talker.code_predictor.allocate_cache(slots)
-            self.logits = torch.zeros(slots, vocab, dtype=torch.float32, device=self.device)
-            self.hidden = torch.zeros(slots, talker.cfg.hidden_size, dtype=self.dtype, device=self.device)
-            self.generated = torch.zeros(slots, vocab, dtype=torch.bool, device=self.device)
+            self.table = SlotTable(slots, self.vocab, talker.cfg.hidden_size, self.capacity, self.dtype, self.device)
+            self.suppress = suppress_mask(self.vocab, self.eos_id, self.device)
+        self.graphs: StepGraphs | None = None
+        if self.device.type == "cuda" and self.decode.cuda_graphs and not self.official:
+            self.graphs = StepGraphs(self._full_step, self.buckets, self.table.scratch, self.device)
         self._free = list(range(slots - 1, -1, -1))  # pop() hands out the lowest slot
         self._waiting: deque[TalkerJob] = deque()
         self._rows: dict[str, _Row] = {}  # the running batch, in admission order
@@ -176,16 +210,16 @@ class TalkerStage:
             try:
                 with self.recorder.span(ev.PREFILL, ev.TALKER, request=rid, positions=n):
                     logits, hidden = self.talker.prefill(prompt.embeds, self.cache, slot)
-                    self.logits[slot], self.hidden[slot] = logits[0], hidden[0]
-                    self.generated[slot] = False
-                generator = None if job.seed is None else torch.Generator(self.device).manual_seed(job.seed)
+                    self.table.admit(slot, prompt, job.params, job.seed, logits[0], hidden[0])
+                seeded = self.official and job.seed is not None
+                generator = torch.Generator(self.device).manual_seed(job.seed) if seeded else None
             except Exception:
                 log.exception("request %s: talker: the prefill failed", rid)
                 self._clear(slot)
                 out.append(Failed(rid, "talker: the prompt could not be prefilled"))
                 continue
             self._chunks[rid] = chunks
-            self._rows[rid] = _Row(rid, slot, n, limit, job.params, generator, prompt.trailing, prompt.tts_pad, chunks)
+            self._rows[rid] = _Row(rid, slot, n, limit, job.params, generator, chunks)
 
     def _build_prompt(self, job: TalkerJob) -> TalkerPrompt:
         """The prompt of the checkpoint's task from the job's fields; one it lacks raises `PromptError` (-> Failed)."""
@@ -214,11 +248,11 @@ class TalkerStage:
         # draws a retry must repeat: a generator that drew before the failing row must draw the same again
         states = [None if row.generator is None else row.generator.get_state() for row in rows]
         try:
-            step = self._step(rows)
+            frames = self._run(rows)
         except Exception as exc:
             error = exc
         else:
-            self._commit(rows, step)
+            self._commit(rows, frames, out)
             return
         for row, state in zip(rows, states, strict=True):
             if state is not None:
@@ -228,66 +262,86 @@ class TalkerStage:
             self._decode(rows[:half], out)
             self._decode(rows[half:], out)
             return
-        row = rows[0]
-        log.error("request %s: talker: the decode step failed", row.request_id, exc_info=error)
-        del self._rows[row.request_id]
-        self._chunks.pop(row.request_id, None)
-        self._clear(row.slot)
-        out.append(Failed(row.request_id, "talker: the decode step failed"))
+        log.error("request %s: talker: the decode step failed", rows[0].request_id, exc_info=error)
+        self._fail(rows[0], out)
 
-    def _step(self, rows: list[_Row]) -> _Step:
-        """Code 0, codes 1..15 and the talker's next logits for `rows`, written nowhere yet but the KV cache."""
-        dev, talker = self.device, self.talker
-        params = [row.params for row in rows]
-        generators = [row.generator for row in rows]
-        with self.recorder.span(ev.DECODE_STEP, ev.TALKER, batch_size=len(rows), requests=[r.request_id for r in rows]):
-            slots = host_tensor([row.slot for row in rows], dev)
-            steps = host_tensor([row.step for row in rows], dev)
-            code0 = draw_code0(self.logits[slots], self.generated[slots], steps, params, generators, self.eos_id)
-            with self.recorder.span(ev.PREDICTOR, ev.TALKER, batch_size=len(rows)):
-                pick = predictor_pick(params, generators, dev)
-                rest, codec_sum = talker.code_predictor.predict(
-                    self.hidden[slots], talker.embed_codec(code0), self.cp_cache, pick
-                )
-            frames = torch.cat((code0[:, None], rest), dim=1)
-            go_on = [i for i, row in enumerate(rows) if row.step + 2 < row.limit]
-            next_slots = logits = hidden = None
-            if go_on:
-                next_slots, logits, hidden = self._talker_step([rows[i] for i in go_on], codec_sum, go_on, len(rows))
-            return _Step(slots, code0, frames.cpu(), next_slots, logits, hidden)
+    def _run(self, rows: list[_Row]) -> Tensor:
+        """The step for `rows` at its bucket's shape: (B, 17) on the host, each row's 16 codes and a broken flag."""
+        n = len(rows)
+        bucket = n if self.official else self._bucket(n)
+        slots = [row.slot for row in rows] + [self.table.scratch] * (bucket - n)
+        with self.recorder.span(ev.DECODE_STEP, ev.TALKER, batch_size=n, requests=[r.request_id for r in rows]):
+            if self.graphs is not None and self.graphs.has(bucket):
+                frames = self.graphs.replay(slots)
+            else:
+                frames = self._step(host_tensor(slots, self.device), rows)
+            return frames[:n].cpu()
 
-    def _talker_step(
-        self, rows: list[_Row], codec_sum: Tensor, index: list[int], batch: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """The talker's decode step for `rows` (positions `index` of the step's batch): their slots, next logits and
-        hidden states."""
-        dev = self.device
-        if len(index) < batch:
-            codec_sum = codec_sum[host_tensor(index, dev)]
-        embeds = next_talker_input(
-            codec_sum, [row.trailing for row in rows], [row.tts_pad for row in rows], [row.step for row in rows]
-        )
-        positions = [row.prompt_len + row.step for row in rows]
-        slots = host_tensor([row.slot for row in rows], dev)
-        logits, hidden = self.talker.decode_step(
-            embeds, self.cache, slots, host_tensor(positions, dev), kv_len=max(positions) + 1
-        )
-        return slots, logits, hidden
+    def _bucket(self, n: int) -> int:
+        if self.decode.batch_invariant:
+            return self.buckets[-1]
+        return next(b for b in self.buckets if b >= n)
 
-    def _commit(self, rows: list[_Row], step: _Step) -> None:
-        """The step succeeded: record code 0 in the penalty history, keep the next logits, hand out the frames."""
-        # a device-side True: a Python scalar assigned through tensor indices is copied to the GPU synchronously
-        self.generated[step.slots, step.code0] = torch.ones_like(step.code0, dtype=torch.bool)
-        if step.next_slots is not None:
-            self.logits[step.next_slots], self.hidden[step.next_slots] = step.logits, step.hidden
-        for row, frame in zip(rows, step.frames, strict=True):
-            if int(frame[0]) == self.eos_id:
+    def _full_step(self, slots: Tensor) -> Tensor:
+        """The step at its static shape (the whole KV capacity, every id a candidate): what a CUDA graph captures."""
+        return self._device_step(slots, self.capacity, self.vocab, self.predictor_vocab, None)
+
+    def _step(self, slots: Tensor, rows: list[_Row]) -> Tensor:
+        if self.decode.batch_invariant:
+            return self._full_step(slots)
+        kv_len = min(max(row.prompt_len + row.step for row in rows) + 1, self.capacity)
+        k_cap = max(_top_k_cap(row.params.top_k, self.vocab) for row in rows)
+        sub_k_cap = max(_top_k_cap(row.params.subtalker_top_k, self.predictor_vocab) for row in rows)
+        return self._device_step(slots, kv_len, k_cap, sub_k_cap, rows if self.official else None)
+
+    def _device_step(
+        self, slots: Tensor, kv_len: int, k_cap: int, sub_k_cap: int, official: list[_Row] | None
+    ) -> Tensor:
+        """Code 0, codes 1..15 and the talker's next logits for the rows in `slots` (B,), written into their slots
+        at the end. `official`: the rows, whose generators draw; None samples keyed. Returns (B, 17) on the device."""
+        talker, table = self.talker, self.table
+        rows = table.gather(slots)
+        logits, generated = table.logits[slots], table.generated[slots]
+        if official is None:
+            scores = process_talker_logits(
+                logits,
+                generated,
+                rows.step,
+                rows.floats[:, PENALTY, None],
+                rows.ints[:, MIN_NEW],
+                self.suppress,
+                self.eos_id,
+            )
+            draws = KeyedDraws(rows, k_cap, sub_k_cap)
+            code0, pick = draws.code0(scores), draws.pick
+        else:
+            params, generators = [r.params for r in official], [r.generator for r in official]
+            code0 = draw_code0(logits, generated, rows.step, params, generators, self.eos_id)
+            pick = predictor_pick(params, generators, self.device)
+        with self.recorder.span(ev.PREDICTOR, ev.TALKER, batch_size=slots.shape[0]):
+            rest, codec_sum = talker.code_predictor.predict(
+                table.hidden[slots], talker.embed_codec(code0), self.cp_cache, pick
+            )
+        embeds = codec_sum + table.trailing_rows(rows)
+        positions = rows.position.clamp(max=self.capacity - 1)
+        next_logits, hidden = talker.decode_step(embeds, self.cache, slots, positions, kv_len=kv_len)
+        table.advance(rows, code0, next_logits, hidden)
+        broken = torch.zeros_like(code0) if official is not None else draws.broken.long()
+        return torch.cat((code0[:, None], rest, broken[:, None]), dim=1)
+
+    def _commit(self, rows: list[_Row], frames: Tensor, out: list[StageOutput]) -> None:
+        """The step succeeded: hand out each row's frame, or end the row (EOS, its limit, or broken)."""
+        for row, frame in zip(rows, frames, strict=True):
+            if frame[-1]:
+                log.error("request %s: talker: its scores are not numbers", row.request_id)
+                self._fail(row, out)
+            elif int(frame[0]) == self.eos_id:
                 self._finish(row)
-                continue
-            row.chunks.push(frame)
-            row.step += 1
-            if row.step + 1 >= row.limit:
-                self._finish(row)
+            else:
+                row.chunks.push(frame[:-1])
+                row.step += 1
+                if row.step + 1 >= row.limit:
+                    self._finish(row)
 
     # leaving
 
@@ -296,6 +350,12 @@ class TalkerStage:
         row.chunks.finish()
         del self._rows[row.request_id]
         self._free.append(row.slot)
+
+    def _fail(self, row: _Row, out: list[StageOutput]) -> None:
+        del self._rows[row.request_id]
+        self._chunks.pop(row.request_id, None)
+        self._clear(row.slot)
+        out.append(Failed(row.request_id, "talker: the decode step failed"))
 
     def _clear(self, slot: int) -> None:
         """Free a slot whose keys and values may hold nan or inf: zeroed first, since a later row attends to masked

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import ChunkingConfig, StageConfig
+from engine.config import ChunkingConfig, DecodeConfig, StageConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput, VoicePrompt
 from engine.model.sampling import SamplingParams
@@ -63,9 +63,13 @@ def job(model: Qwen3TTS, rid: str, request: SynthesisInput, params: SamplingPara
     )
 
 
-def make_stage(model: Qwen3TTS, max_num_seqs=4, max_model_len=256, first=2, steady=4) -> TalkerStage:
+def make_stage(
+    model: Qwen3TTS, max_num_seqs=4, max_model_len=256, first=2, steady=4, decode=DecodeConfig(sampling_mode="official")
+) -> TalkerStage:
+    """A stage on the model; `official` sampling by default, so that seeded rows equal the reference loop."""
     stage = StageConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
-    return TalkerStage(model.talker, model.config, stage, ChunkingConfig(first, steady), events.Recorder("test"))
+    chunking = ChunkingConfig(first, steady)
+    return TalkerStage(model.talker, model.config, stage, chunking, events.Recorder("test"), decode=decode)
 
 
 def run(stage: TalkerStage) -> list:
@@ -91,9 +95,13 @@ def clone(text: str, voice: VoicePrompt) -> SynthesisInput:
     return SynthesisInput(text, voice=voice)
 
 
-@pytest.mark.parametrize("params,seed", [(GREEDY, None), (SEEDED, 1234)], ids=["greedy", "seeded"])
+@pytest.mark.parametrize(
+    "params,seed,mode",
+    [(GREEDY, None, "official"), (GREEDY, None, "fast"), (SEEDED, 1234, "official")],
+    ids=["greedy", "greedy-fast", "seeded"],
+)
 @pytest.mark.parametrize("task", ["voice_clone_icl", "custom_voice", "voice_design"])
-def test_alone_the_stage_gives_the_reference_codes(models, icl_voice, task, params, seed):
+def test_alone_the_stage_gives_the_reference_codes(models, icl_voice, task, params, seed, mode):
     if task == "custom_voice":
         model, request = models["custom_voice"], SynthesisInput("hello there", speaker="serena")
     elif task == "voice_design":
@@ -101,7 +109,7 @@ def test_alone_the_stage_gives_the_reference_codes(models, icl_voice, task, para
         model = models["voice_design"]
     else:
         model, request = models["base"], clone("hello there, this is a test", icl_voice)
-    stage = make_stage(model, first=2, steady=5)
+    stage = make_stage(model, first=2, steady=5, decode=DecodeConfig(sampling_mode=mode))
     stage.submit(job(model, "a", request, params, seed))
     out = run(stage)
 
@@ -306,3 +314,78 @@ def test_eos_stops_a_request_early(models):
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__]))
+
+
+def fast(**settings) -> DecodeConfig:
+    return DecodeConfig(sampling_mode="fast", **settings)
+
+
+def test_fast_draws_are_a_function_of_the_seed(models, icl_voice):
+    """`fast` rows draw from (seed, step, code position): the same seed repeats its codes in another batch and
+    another run, another seed draws others, and the settings still apply (top_k 1 is greedy)."""
+    model = models["base"]
+    requests = [clone(text, icl_voice) for text in TEXTS[:3]]
+    stage = make_stage(model, decode=fast())
+    for i, request in enumerate(requests):
+        stage.submit(job(model, f"r{i}", request, SEEDED, seed=7))
+    stage.submit(job(model, "other-seed", requests[0], SEEDED, seed=8))
+    top_1 = SamplingParams(top_k=1, subtalker_top_k=1, max_new_tokens=20)
+    stage.submit(job(model, "top-1", requests[1], top_1, seed=7))
+    batched = run(stage)
+
+    alone = make_stage(model, decode=fast())
+    alone.submit(job(model, "r0", requests[0], SEEDED, seed=7))
+    assert torch.equal(codes_of(run(alone), "r0"), codes_of(batched, "r0"))
+    assert not torch.equal(codes_of(batched, "other-seed"), codes_of(batched, "r0"))
+    assert torch.equal(codes_of(batched, "top-1"), model.generate_codes(requests[1], GREEDY))
+
+
+def test_batch_invariant_rows_give_the_same_codes_alone_and_in_a_full_batch(models, icl_voice):
+    """With `batch_invariant` every step runs at one shape, so a seeded request's codes inside a batch of 16 (other
+    texts, other lengths, leaving as it goes on) equal its codes alone, and so do the last logits and hidden state
+    it leaves in its slot, bit for bit (those differ in the last bits without it: the tiny model's codes alone would
+    not show it)."""
+    model = models["base"]
+    target = clone("the request we follow", icl_voice)
+    invariant = fast(batch_invariant=True)
+
+    alone = make_stage(model, max_num_seqs=16, decode=invariant)
+    alone.submit(job(model, "target", target, SEEDED, seed=3))
+    expected = codes_of(run(alone), "target")
+
+    crowded = make_stage(model, max_num_seqs=16, decode=invariant)
+    for i in range(15):
+        params = SamplingParams(max_new_tokens=3 + i, temperature=0.5 + i / 10, top_k=10 * i)
+        crowded.submit(job(model, f"r{i}", clone(TEXTS[i % len(TEXTS)], icl_voice), params, seed=100 + i))
+    out = crowded.step()
+    crowded.submit(job(model, "target", target, SEEDED, seed=3))
+    slot = None
+    while crowded.has_work():
+        out += crowded.step()
+        slot = crowded._rows["target"].slot if "target" in crowded._rows else slot
+    assert torch.equal(codes_of(out, "target"), expected)
+    # the target finished last: the final state it left in its slot is still there (slot 0 alone)
+    assert torch.equal(crowded.table.logits[slot], alone.table.logits[0])
+    assert torch.equal(crowded.table.hidden[slot], alone.table.hidden[0])
+    sizes = {e.args["batch_size"] for e in crowded.recorder.drain() if e.name == events.DECODE_STEP}
+    assert len(sizes) > 3  # rows came and went around it
+
+
+def test_a_row_whose_scores_are_not_numbers_fails_alone_in_fast_mode(models, icl_voice):
+    """A nan temperature that got past every check: the row is flagged in the step's read-back and fails alone; its
+    neighbours' codes are those they get without it."""
+    model = models["base"]
+    seeded, broken = clone(TEXTS[0], icl_voice), clone(TEXTS[1], icl_voice)
+    nan_temperature = SamplingParams(max_new_tokens=20)
+    nan_temperature.temperature = float("nan")
+    stage = make_stage(model, decode=fast())
+    stage.submit(job(model, "seeded", seeded, SEEDED, seed=5))
+    stage.submit(job(model, "broken", broken, nan_temperature, seed=6))
+    out = run(stage)
+    assert [(f.request_id, f.message) for f in out if isinstance(f, Failed)] == [
+        ("broken", "talker: the decode step failed")
+    ]
+    alone = make_stage(model, decode=fast())
+    alone.submit(job(model, "seeded", seeded, SEEDED, seed=5))
+    assert torch.equal(codes_of(out, "seeded"), codes_of(run(alone), "seeded"))
+    assert held(stage) == [] and sorted(stage._free) == [0, 1, 2, 3]
