@@ -3,7 +3,8 @@
 The decoder is causal, so each request keeps its own `DecoderState` (sliding-window KV, conv tails) and decodes
 only its new frames: the chunks it emits, joined, equal one-shot decoding of all its codes. `decode_chunk` needs
 one frame count per call, so a step batches the head chunks of several requests that share the frame count of the
-oldest waiting chunk (oldest first: no request starves; one chunk per request per batch: FIFO per request).
+oldest waiting chunk (oldest first: no request starves; one chunk per request per batch: FIFO per request). With
+`decode.batch_invariant` a decode holds one request, so a request's audio does not depend on what else is running.
 
 ICL: the first chunk may carry the reference clip's codes (`prefix_codes`). They run first as a warm-up item whose
 audio is dropped, so the request's audio is `decode(ref ++ codes)[len(ref) * 1920:]`. The official cut,
@@ -237,7 +238,7 @@ class Code2WavStage:
         ready.sort()
         frames = self._requests[ready[0][1]].items[0].codes.shape[0]
         group = [rid for _, rid in ready if self._requests[rid].items[0].codes.shape[0] == frames]
-        return group[: self.max_num_seqs]
+        return group[: 1 if self.decode.batch_invariant else self.max_num_seqs]
 
     # --- decoding
 

@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 
 from engine import Engine, EngineConfig, EngineError, RequestError, SpeechRequest, StageUnavailable
-from engine.config import StageConfig
+from engine.config import DecodeConfig, StageConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
@@ -36,12 +36,13 @@ REF_TEXT = "This is the reference clip."
 
 def engine_config(checkpoint: Path, talker: str = "uni", code2wav: str = "uni", **stage) -> EngineConfig:
     """Both stages with the given executors; `stage` holds StageConfig fields of the talker (restart settings
-    apply to both)."""
+    apply to both). Sampling is `official`, so that seeded streams equal the reference path's."""
     restarts = {k: v for k, v in stage.items() if k.startswith("restart_")}
     return EngineConfig(
         model=str(checkpoint),
         talker=StageConfig(executor=talker, **{"max_num_seqs": 8, **stage}),
         code2wav=StageConfig(executor=code2wav, max_num_seqs=4, **restarts),
+        decode=DecodeConfig(sampling_mode="official"),
     )
 
 
@@ -173,7 +174,27 @@ def test_32_concurrent_streams_all_complete_whole_and_in_order(uni: Engine, refe
         np.testing.assert_allclose(wav, reference_audio(reference, requests[i], clips, seed=i), rtol=0, atol=1e-4)
 
 
-def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
+def test_a_batch_invariant_stream_is_the_same_alone_and_among_16(checkpoints, clips) -> None:
+    """The serving default (`fast` sampling) with `batch_invariant`: a seeded stream's audio, sample for sample, is the
+    same alone and among 15 other streams of other lengths and settings."""
+    config = dataclasses.replace(
+        engine_config(checkpoints["base"], max_num_seqs=16), decode=DecodeConfig(batch_invariant=True)
+    )
+    target = clone(clips, frames=24, seed=5, sampling=None, request_id="target")
+    others = [
+        clone(
+            clips,
+            frames=3 + i,
+            x_vector_only=i % 2 == 1,
+            seed=100 + i,
+            sampling=SamplingParams(temperature=0.5 + i / 10),
+        )
+        for i in range(15)
+    ]
+    with Engine(config) as engine:
+        alone = engine.synthesize(target).wav
+
+        async def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
     config = engine_config(checkpoints["base"], max_num_seqs=1)
     with Engine(config) as engine:
 
