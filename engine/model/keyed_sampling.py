@@ -2,13 +2,13 @@
 
 The `official` mode draws per row from a `torch.Generator` (one `torch.multinomial` per row and code: 16 launches per
 row per frame, and a row's draws depend on the order rows draw in). Here every row of a step is sampled in one call:
-the same warpers as HF (temperature -> top-k -> top-p) as batched tensor ops over the scores sorted once, then one
-uniform number per row turned into an id by inverse transform sampling (the first id whose cumulative probability
-exceeds it). The uniform is SplitMix64 at index `step * 16 + position` of the stream keyed by the seed — a
-counter-based generator written in int64 tensor ops: nothing is carried from step to step, so a retried step redraws
-the same numbers, a row's draws do not depend on which rows share its batch, the same bits come out on every device,
-and the whole draw is capturable in a CUDA graph (no host read-back, no generator state). One uniform per row, not one
-per id as an exponential race needs, keeps it cheap on a CPU.
+the same warpers as HF (temperature -> top-k -> top-p) as batched tensor ops over the highest scores, sorted once,
+then one uniform number per row turned into an id by inverse transform sampling (the first id whose cumulative
+probability exceeds it). The uniforms are SplitMix64 at index `step * 16 + position` of the stream keyed by the seed,
+a frame's 16 made at once: a counter-based generator in int64 tensor ops. Nothing is carried from step to step, so a
+retried step redraws the same numbers, a row's draws do not depend on which rows share its batch, the same bits come
+out on every device, and the whole draw is capturable in a CUDA graph (no host read-back, no generator state). One
+uniform per row, not one per id as an exponential race needs, keeps it cheap on a CPU.
 
 Greedy rows take the argmax of the scores, as in the official mode.
 """
@@ -50,10 +50,12 @@ def seed_key(seed: Tensor) -> Tensor:
     return _mix(seed * _GAMMA + _GAMMA)
 
 
-def keyed_uniform(key: Tensor, step: Tensor, position: int) -> Tensor:
-    """(B,) float64 in [0, 1): draw number `step * 16 + position` of each row's stream, from its top 53 bits."""
-    counter = step * CODES_PER_FRAME + position + 1
-    return _shift_right(_mix(key + counter * _GAMMA), 11).double() * 2.0**-53
+def keyed_uniforms(key: Tensor, step: Tensor) -> Tensor:
+    """(B, 16) float64 in [0, 1): draws `step * 16 + position` of each row's stream for the frame's 16 code
+    positions (from the top 53 bits), made in one go at the start of a step."""
+    positions = torch.arange(CODES_PER_FRAME, device=key.device)
+    counter = step[:, None] * CODES_PER_FRAME + positions + 1
+    return _shift_right(_mix(key[:, None] + counter * _GAMMA), 11).double() * 2.0**-53
 
 
 @dataclass

@@ -44,7 +44,7 @@ from engine.config import ChunkingConfig, DecodeConfig, StageConfig
 from engine.model.config import Qwen3TTSConfig
 from engine.model.device import host_tensor
 from engine.model.generate import draw_code0, predictor_pick
-from engine.model.keyed_sampling import keyed_uniform, sample_keyed
+from engine.model.keyed_sampling import keyed_uniforms, sample_keyed
 from engine.model.prompt import PromptError, TalkerPrompt, build_task_prompt
 from engine.model.sampling import SamplingParams, process_talker_logits, suppress_mask
 from engine.model.talker import Talker
@@ -77,15 +77,16 @@ class KeyedDraws:
     stands in for it so that the step goes on for the others."""
 
     def __init__(self, rows: StepRows, k_cap: int, sub_k_cap: int) -> None:
-        self.rows, self.warp, self.sub_warp = rows, rows.talker_warp(k_cap), rows.predictor_warp(sub_k_cap)
+        self.warp, self.sub_warp = rows.talker_warp(k_cap), rows.predictor_warp(sub_k_cap)
+        self.uniforms = keyed_uniforms(rows.key, rows.step)
         self.broken = torch.zeros_like(rows.step, dtype=torch.bool)
 
     def code0(self, scores: Tensor) -> Tensor:
-        return self._checked(sample_keyed(scores, self.warp, keyed_uniform(self.rows.key, self.rows.step, 0)))
+        return self._checked(sample_keyed(scores, self.warp, self.uniforms[:, 0]))
 
     def pick(self, j: int, scores: Tensor) -> Tensor:
         """The code predictor's sampler (`PickFn`) for code j + 1."""
-        return self._checked(sample_keyed(scores, self.sub_warp, keyed_uniform(self.rows.key, self.rows.step, j + 1)))
+        return self._checked(sample_keyed(scores, self.sub_warp, self.uniforms[:, j + 1]))
 
     def _checked(self, ids: Tensor) -> Tensor:
         self.broken = self.broken | (ids < 0)
