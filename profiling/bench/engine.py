@@ -1,10 +1,11 @@
 """The serving engine against its ceiling and its peer: audio seconds per wall second and time to first audio.
 
-    python -m profiling.bench engine --size tiny --concurrency 1 4 16 --executors uni-uni mp-mp --frames 40
+    python -m profiling.bench engine --size tiny --concurrency 1 4 16 32 64 --executors uni-uni mp-mp --frames 40
     python -m profiling.bench engine --size mid --concurrency 1 4 --executors uni-uni mp-mp --frames 25
 
 For each concurrency c, c greedy custom-voice requests of exactly `--frames` frames (random weights never sample EOS)
-are sent at once. Beside the engine (one row per executor pair) it times:
+are sent at once, to one engine per executor pair started once for every c. Beside the engine (one row per executor
+pair) it times:
 - the ceiling: the same two stages stepped in one thread with no runtime (the pure model loop on the same batch);
 - the peer: the official qwen-tts 0.1.1 generating the same c requests as one batched call (it cannot stream, so its
   time to first audio is its whole time).
@@ -74,18 +75,23 @@ async def _engine_round(engine: Engine, batch: list[SpeechRequest]) -> Row:
     return Row("", run.audio_s_per_s, run.ttfa_s.p50, run.ttfa_s.p90)
 
 
-def time_engine(checkpoint: Path, executors: str, c: int, frames: int, threads: int) -> Row:
+def time_engine(checkpoint: Path, executors: str, concurrency: list[int], frames: int, threads: int) -> dict[int, Row]:
+    """One engine, sized for the largest c, timed at each c in turn (a start per level would dominate the run)."""
     talker, code2wav = executors.split("-")
+    c_max = max(concurrency)
     config = EngineConfig(
         model=str(checkpoint),
-        talker=StageConfig(executor=talker, max_num_seqs=max(c, 1), threads=threads, max_model_len=frames + 256),
-        code2wav=StageConfig(executor=code2wav, max_num_seqs=max(c, 1), threads=threads),
+        talker=StageConfig(executor=talker, max_num_seqs=c_max, threads=threads, max_model_len=frames + 256),
+        code2wav=StageConfig(executor=code2wav, max_num_seqs=c_max, threads=threads),
     )
+    rows = {}
     with Engine(config) as engine:
         asyncio.run(_engine_round(engine, requests(1, 4)))  # warm-up
-        row = asyncio.run(_engine_round(engine, requests(c, frames)))
-    row.name = f"engine {executors}"
-    return row
+        for c in concurrency:
+            print(f"  engine {executors} at c={c} ...", file=sys.stderr)
+            rows[c] = asyncio.run(_engine_round(engine, requests(c, frames)))
+            rows[c].name = f"engine {executors}"
+    return rows
 
 
 def time_ceiling(model: Qwen3TTS, c: int, frames: int) -> Row:
@@ -146,7 +152,7 @@ def time_official(checkpoint: Path, c: int, frames: int, threads: int) -> Row | 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     parser.add_argument(
         "--executors", nargs="+", default=["uni-uni", "mp-mp"], choices=["uni-uni", "uni-mp", "mp-uni", "mp-mp"]
     )
@@ -155,10 +161,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-official", action="store_true", help="skip the official package")
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> dict[int, list[Row]]:
+    """Each c's rows: the engine per executor pair, the ceiling, and the official package when it ran."""
     torch.set_num_threads(args.threads)
     with bench_checkpoint(args, Task.CUSTOM_VOICE) as bench:
         checkpoint = bench.path
+        engines = {e: time_engine(checkpoint, e, args.concurrency, args.frames, args.threads) for e in args.executors}
         model = Qwen3TTS.from_pretrained(checkpoint)
         time_ceiling(model, 1, 4)  # warm-up
         print(
@@ -169,15 +177,17 @@ def run(args: argparse.Namespace) -> None:
             f"{'c':>3} {'':<30} {'audio s/s':>10} {'TTFA p50':>9} {'TTFA p90':>9} "
             f"{'vs ceiling':>11} {'vs official':>12}"
         )
+        table = {}
         for c in args.concurrency:
-            print(f"  running c={c} ...", file=sys.stderr)
+            print(f"  ceiling and peer at c={c} ...", file=sys.stderr)
             ceiling = time_ceiling(model, c, args.frames)
             official = None if args.no_official else time_official(checkpoint, c, args.frames, args.threads)
-            rows = [time_engine(checkpoint, e, c, args.frames, args.threads) for e in args.executors]
-            for row in [*rows, ceiling, *([official] if official else [])]:
+            table[c] = [*(engines[e][c] for e in args.executors), ceiling, *([official] if official else [])]
+            for row in table[c]:
                 vs_ceiling = f"{row.audio_per_s / ceiling.audio_per_s:>10.2f}x"
                 vs_official = f"{row.audio_per_s / official.audio_per_s:>11.2f}x" if official else f"{'-':>12}"
                 print(
                     f"{c:>3} {row.name:<30} {row.audio_per_s:>10.2f} {row.ttfa_p50_s * 1000:>7.0f}ms "
                     f"{row.ttfa_p90_s * 1000:>7.0f}ms {vs_ceiling} {vs_official}"
                 )
+    return table

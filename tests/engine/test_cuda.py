@@ -1,4 +1,5 @@
-"""The engine on a GPU, in float32 and bfloat16, with both executors: what a CUDA deployment relies on.
+"""The engine on a GPU, in float32 and bfloat16, with both executors, CUDA graphs on and off, and batch-invariant
+steps: what a CUDA deployment relies on.
 
 Skipped without CUDA. `VOXTRACE_TEST_DEVICE=cpu` runs the same tests on the CPU (a check of the tests themselves; the
 sync count needs a GPU and stays skipped).
@@ -12,6 +13,7 @@ may part ways: the stream must finish, with the requested length, finite samples
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import warnings
@@ -22,7 +24,7 @@ import pytest
 import torch
 
 from engine import Engine, EngineConfig, SpeechRequest
-from engine.config import ChunkingConfig, LimitsConfig, StageConfig
+from engine.config import ChunkingConfig, DecodeConfig, LimitsConfig, StageConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams, Warp, choose_tokens, warp_logits
@@ -40,30 +42,46 @@ FRAMES = 20
 EXECUTORS = [("uni", "uni"), ("mp", "mp")]
 
 
-def cuda_engine(checkpoint: Path, dtype: str, talker: str, code2wav: str) -> Engine:
+def cuda_engine(
+    checkpoint: Path, dtype: str, talker: str, code2wav: str, talker_seqs: int = 8, code2wav_seqs: int = 4, **decode
+) -> Engine:
+    """`decode`: the `DecodeConfig` keys this engine sets (the rest at their defaults)."""
     return Engine(
         EngineConfig(
             model=str(checkpoint),
             device=DEVICE,
             dtype=dtype,
-            talker=StageConfig(executor=talker),
-            code2wav=StageConfig(executor=code2wav, max_num_seqs=4),
+            talker=StageConfig(executor=talker, max_num_seqs=talker_seqs),
+            code2wav=StageConfig(executor=code2wav, max_num_seqs=code2wav_seqs),
+            decode=DecodeConfig(**decode),
         )
     )
 
 
-def clone(clips: dict[str, Path], seed: int | None = None, **kw) -> SpeechRequest:
-    """An ICL voice-clone request of FRAMES frames: greedy, or sampled with the release's settings and `seed`."""
-    return SpeechRequest(
+def clone(clips: dict[str, Path], seed: int | None = None, frames: int = FRAMES, **kw) -> SpeechRequest:
+    """An ICL voice-clone request of `frames` frames: greedy, or sampled with the release's settings and `seed`."""
+    fields = dict(
         text="Streaming speech, chunk by chunk.",
         language="English",
         ref_audio=clips["mono"].read_bytes(),
         ref_text="This is the reference clip.",
         sampling=GREEDY if seed is None else None,
         seed=seed,
-        max_new_tokens=FRAMES + 1,
-        **kw,
+        max_new_tokens=frames + 1,
     )
+    return SpeechRequest(**(fields | kw))
+
+
+def stream_together(engine: Engine, requests: list[SpeechRequest]) -> list[np.ndarray]:
+    """Each request's waveform, all sent at once so that they share the talker's decode steps."""
+
+    async def one(request: SpeechRequest) -> np.ndarray:
+        return np.concatenate([chunk.samples async for chunk in engine.generate(request)])
+
+    async def run() -> list[np.ndarray]:
+        return await asyncio.gather(*(one(r) for r in requests))
+
+    return asyncio.run(run())
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +195,33 @@ def test_a_code2wav_step_reads_back_only_the_audio(reference) -> None:
     stage.submit(CodeChunk("r", 1, codes[8:], is_last=True))
     syncs = host_syncs(stage.step)
     assert len(syncs) == 1, syncs  # audio.cpu()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graphs_replay_the_greedy_codes_of_the_eager_step(dtype, checkpoints, clips) -> None:
+    """Three greedy requests of different lengths at once: the step runs at batch buckets 4 (one padding row), 2 and
+    1 as they finish, each a graph replay with `cuda_graphs` (on CPU both runs are eager). Code2Wav decodes one chunk
+    at a time, so equal codes give equal audio whatever the timing."""
+    batch = [clone(clips, frames=frames, text=f"Sentence {frames}, streamed.") for frames in (FRAMES, 12, 6)]
+    wavs = {}
+    for graphs in (True, False):
+        with cuda_engine(checkpoints["base"], dtype, "uni", "uni", code2wav_seqs=1, cuda_graphs=graphs) as engine:
+            wavs[graphs] = stream_together(engine, batch)
+    for on, off, request in zip(wavs[True], wavs[False], batch, strict=True):
+        assert on.shape == ((request.max_new_tokens - 1) * 1920,)
+        np.testing.assert_allclose(on, off, rtol=0, atol=1e-3)  # the same codes (see the module's docstring)
+
+
+def test_a_seeded_request_is_the_same_alone_and_inside_a_batch_of_16(checkpoints, clips) -> None:
+    """`batch_invariant` runs every step at one shape, and `fast` sampling keys each draw by (seed, step, code
+    position): a seeded request's samples do not depend on what runs beside it, here 15 requests of other texts,
+    seeds and lengths (4 to 32 frames), in bfloat16 with CUDA graphs, Code2Wav batching them too."""
+    target = clone(clips, seed=11)
+    others = [clone(clips, seed=100 + i, frames=4 + 2 * i, text=f"Another sentence, number {i}.") for i in range(15)]
+    with cuda_engine(
+        checkpoints["base"], "bfloat16", "uni", "uni", talker_seqs=16, sampling_mode="fast", batch_invariant=True
+    ) as engine:
+        (alone,) = stream_together(engine, [target])
+        together = stream_together(engine, [*others[:8], target, *others[8:]])
+    assert alone.shape == (FRAMES * 1920,) and np.abs(alone).max() > 0
+    assert np.array_equal(together[8], alone)

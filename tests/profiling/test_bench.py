@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from profiling import bench, sweep
+from profiling.bench.checkpoint import build_random
 from profiling.bench.prompt_set import PromptSet
 from profiling.gpu_idle import IdleSplit
 from profiling.speech_client import run_requests, speech_url
@@ -107,3 +108,30 @@ def test_the_ipc_bench_sees_each_code_chunk_cross_one_ring_on_the_direct_link_an
     assert star["errors"] == direct["errors"] == 0
     assert direct["chunk_crossings"] > 0 and star["chunk_crossings"] == 2 * direct["chunk_crossings"]
     assert direct["transfers"] < star["transfers"]
+
+
+def test_the_model_bench_states_the_weight_streaming_and_gemm_bounds_beside_our_time(checkpoints, capsys) -> None:
+    args = ["--frames", "3", "--repeats", "2", "--batch", "4", "--no-official"]
+    figures = bench.main(["model", "--checkpoint", str(checkpoints["custom_voice"]), *args])
+    out = capsys.readouterr().out
+    assert "weight streaming (B=1 GEMV)" in out and "GEMM at B=4" in out and "of ours" in out
+    stream, gemm = figures["weight streaming (B=1 GEMV)"], figures["GEMM at B=4"]
+    assert 0 < stream["of_ours"] < 1  # our frame does every one of those GEMVs, and more
+    assert 0 < gemm["of_ours"] and gemm["ms"] < stream["ms"]  # four rows share each weight's read
+    assert "of_official" not in stream and "official" not in figures
+
+
+def test_the_engine_bench_times_every_concurrency_on_one_engine_beside_its_ceiling(checkpoints) -> None:
+    args = ["--concurrency", "1", "2", "--frames", "4", "--executors", "uni-uni", "--no-official"]
+    table = bench.main(["engine", "--checkpoint", str(checkpoints["custom_voice"]), *args])
+    assert list(table) == [1, 2]
+    for rows in table.values():
+        assert [row.name for row in rows] == ["engine uni-uni", "ceiling (stages, one thread)"]
+        assert all(row.audio_per_s > 0 and 0 < row.ttfa_p50_s <= row.ttfa_p90_s for row in rows)
+
+
+def test_a_released_size_the_release_lacks_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(
+        SystemExit, match=r"no released 0.6B voice_design model; released: 0.6B-Base, .*1.7B-VoiceDesign"
+    ):
+        build_random(tmp_path, "voice_design", "0.6B")
