@@ -20,7 +20,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from engine.config import EngineConfig
+from engine.config import ConfigError, EngineConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
@@ -101,13 +101,17 @@ def serve(argv: list[str]) -> int:
     args = parse_serve_args(argv)
     hosts = allowed_hosts(args)
     served = ServeConfig(host=args.host, port=args.port, grace_s=args.grace_s, edge=EdgeLimits(allowed_hosts=hosts))
-    config = engine_config(args)
-    if config.model is None:
-        print("No --model: the embedded tiny model with RANDOM weights. The audio is noise; the timings are real.",
-              file=sys.stderr)  # fmt: skip
-    print(f"Starting the engine ({describe(config)}) …", file=sys.stderr)
-    t0 = time.perf_counter()
-    app_state = AppState.start(config)
+    try:
+        config = engine_config(args)
+        if config.model is None:
+            print("No --model: the embedded tiny model with RANDOM weights. The audio is noise; the timings are real.",
+                  file=sys.stderr)  # fmt: skip
+        print(f"Starting the engine ({describe(config)}) …", file=sys.stderr)
+        t0 = time.perf_counter()
+        app_state = AppState.start(config)  # talker sizes the config leaves out: what fits this machine (the plan)
+    except ConfigError as exc:  # a bad key, or a shape that does not fit in memory: refused before any weight loads
+        raise SystemExit(f"The engine config cannot be used: {exc}") from None
+    print(app_state.engines.serving.memory.describe(), file=sys.stderr)
     print(f"Engine ready in {time.perf_counter() - t0:.1f} s. The app is at /, the API at POST /v1/audio/speech, "
           "health at /health and /ready.", file=sys.stderr)  # fmt: skip
     which = "any Host (--allowed-hosts '*')" if "*" in hosts else f"Host {', '.join(hosts)} (any port)"

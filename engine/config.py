@@ -30,9 +30,11 @@ class StageConfig:
     """How one stage runs: in the engine's process (`uni`, a thread) or its own worker process (`mp`)."""
 
     executor: str = "uni"
-    max_num_seqs: int = 8  # talker: requests in the running batch; code2wav: requests decoded in one batch
+    # talker: requests in the running batch; code2wav: requests decoded in one batch. In an EngineConfig the talker's
+    # is None unless given: the memory plan (`engine.memory`) picks it, with max_model_len, to fit the budget
+    max_num_seqs: int | None = 8
     threads: int = 1  # torch threads of this stage (CPU), so `mp` does not oversubscribe a small machine
-    max_model_len: int = 4096  # talker: KV-cache positions per request (prompt + generated frames)
+    max_model_len: int | None = 4096  # talker: KV-cache positions per request (prompt + generated frames)
     ring_mb: int = 32  # mp: shared-memory ring per direction (2 per mp stage; mind a container's /dev/shm size)
     # a dead worker (or uni stage thread) is replaced at once; a failed attempt is retried after restart_backoff_s,
     # then twice that, ... until restart_max_s after the death (it must cover a start-up: the model's load). Then the
@@ -43,13 +45,13 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor must be one of {EXECUTORS}, got {self.executor!r}")
-        if self.max_num_seqs < 1:
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.ring_mb < 1:
             raise ConfigError(f"ring_mb must be >= 1, got {self.ring_mb}")
-        if self.max_model_len < 16:
+        if self.max_model_len is not None and self.max_model_len < 16:
             raise ConfigError(f"max_model_len must be >= 16, got {self.max_model_len}")
         for name in ("restart_backoff_s", "restart_max_s"):
             if not 0 < getattr(self, name) < math.inf:
@@ -122,16 +124,40 @@ class DecodeConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """The budget the memory plan (`engine.memory`) sizes the talker's KV cache from.
+
+    `utilization`: the fraction of the device's memory (RAM on CPU, the GPU's on CUDA) that all of the engine's
+    processes together may hold: weights, KV cache, working buffers, runtime. None: 0.7 on CPU (shared with the OS
+    and other programs), 0.9 on CUDA (as vLLM's `gpu_memory_utilization`). `kv_cache_gb`: the talker's KV cache
+    sized to this many GiB instead, the rest unbounded unless `utilization` is given too. Talker `max_num_seqs` and
+    `max_model_len` left out are picked to fit (and what is free now); given, they are checked, and refused at
+    start when they do not fit."""
+
+    utilization: float | None = None
+    kv_cache_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("utilization", 0.0, 1.0), ("kv_cache_gb", 0.0, math.inf)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+                raise ConfigError(f"memory.{name} must be a number > {low:g} and <= {high:g}, got {value!r}")
+
+
+@dataclass
 class EngineConfig:
     model: str | None = None  # checkpoint folder or Hub id; None: the embedded tiny random model
     tiny_task: str = "base"  # which tiny model to build when `model` is None
     device: str = "cpu"
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
-    talker: StageConfig = field(default_factory=StageConfig)
+    talker: StageConfig = field(default_factory=lambda: StageConfig(max_num_seqs=None, max_model_len=None))
     code2wav: StageConfig = field(default_factory=lambda: StageConfig(max_num_seqs=4))
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     voice_cache_mb: float = 64.0
     close_grace_s: float = 10.0  # Engine.close: how long in-flight work may take to stop before workers are killed
     direct_link: bool = True  # mp-mp: code chunks go talker -> code2wav over their own ring (False: via the engine)
@@ -143,6 +169,8 @@ class EngineConfig:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.code2wav.max_num_seqs is None:  # only the talker's shape is planned from memory
+            raise ConfigError("code2wav.max_num_seqs must be a whole number >= 1, got None")
         if self.voice_cache_mb < 0:
             raise ConfigError(f"voice_cache_mb must be >= 0, got {self.voice_cache_mb}")
         if not 0 <= self.close_grace_s < math.inf:
@@ -180,11 +208,14 @@ _SECTIONS = {
     "chunking": ChunkingConfig,
     "limits": LimitsConfig,
     "decode": DecodeConfig,
+    "memory": MemoryConfig,
 }
 
 
-def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    """Nested dataclass from a dict, refusing unknown keys and wrong value types by name."""
+def _build(cls: type, raw: dict[str, Any], where: str, base: Any = None) -> Any:
+    """Nested dataclass from a dict, refusing unknown keys and wrong value types by name; keys left out keep `base`'s
+    values (a section: EngineConfig's default for it, so a talker section without max_num_seqs leaves it to the
+    memory plan), else the class's defaults."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -195,9 +226,12 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     defaults = cls()
     for name, value in raw.items():
         if cls is EngineConfig and name in _SECTIONS:
-            kwargs[name] = _build(_SECTIONS[name], value, f"{where}{name}.")
+            kwargs[name] = _build(_SECTIONS[name], value, f"{where}{name}.", getattr(defaults, name))
             continue
         default = getattr(defaults, name)
+        if value is None and base is not None and getattr(base, name) is None:  # null: as the default, to be picked
+            kwargs[name] = value
+            continue
         if (
             default is not None
             and not isinstance(value, type(default))
@@ -206,6 +240,6 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}{name} must be of type {type(default).__name__}, got {value!r}")
         kwargs[name] = value
     try:
-        return cls(**kwargs)
+        return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}" if where and not str(exc).startswith(where) else str(exc)) from exc

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from engine.config import EngineConfig
+from engine.memory import MemoryPlan, plan_memory
+from engine.model.loading import find_checkpoint
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
@@ -37,7 +39,7 @@ from engine.router import Router
 from engine.runtime.probe import Probe
 from engine.runtime.serial import SerialExecutor
 from engine.stages.factory import StageSpec, build_from_model, build_in_worker
-from engine.stages.messages import WarmPrefix
+from engine.stages.messages import TalkerJob, WarmPrefix
 from telemetry.events import (
     ADMITTED,
     AUDIO_CHUNK,
@@ -73,6 +75,13 @@ class Engine:
             self._tmp = Path(tempfile.mkdtemp(prefix="voxtrace-tiny-"))
             checkpoint = str(build_checkpoint(self._tmp / config.tiny_task, task=config.tiny_task))
         self.checkpoint = checkpoint
+        try:  # sized before any weight is loaded: a shape that cannot fit is refused in a second, not after the load
+            self.memory: MemoryPlan = plan_memory(config, find_checkpoint(checkpoint))
+        except BaseException:
+            self._remove_tmp()
+            raise
+        self.config = config = self.memory.apply(config)
+        log.info("%s", self.memory.describe())
         uni_threads = [s.threads for s in (config.talker, config.code2wav) if s.executor == "uni"]
         if uni_threads:  # torch threads are per process: the uni stages share the engine's
             torch.set_num_threads(max(uni_threads))
@@ -119,7 +128,7 @@ class Engine:
         stream = self.router.admit(rid)
         try:
             start = now_ns()
-            stream.prep = self._prep.submit(self._on_prep_thread, f"request {rid}", self.prep.prepare, request)
+            stream.prep = self._prep.submit(self._on_prep_thread, f"request {rid}", self._prepare, request)
             stream.prep.add_done_callback(stream.prepared)
             job = await stream.queue.get()
             if isinstance(job, Exception):
@@ -179,6 +188,14 @@ class Engine:
             self._on_prep_thread, "a voice prepared ahead", self._prepare_voice, ref_audio, not x_vector_only
         )
 
+    def _prepare(self, request: SpeechRequest) -> TalkerJob:
+        """The request's job; an ICL one's reference codes go to code2wav at once, so that it decodes them while the
+        talker prefills, not when the first chunk comes (code2wav skips a prefix it holds or is decoding already)."""
+        job = self.prep.prepare(request)
+        if job.ref_codes is not None:
+            self.router.warm(WarmPrefix(job.ref_codes.cpu()))
+        return job
+
     def _prepare_voice(self, ref_audio: bytes, icl: bool) -> VoicePrompt:
         """Encode the clip; for ICL also have code2wav decode its reference codes into its prefix cache (best effort:
         a stage being replaced just misses the hint)."""
@@ -222,6 +239,9 @@ class Engine:
         self.probe.close()
         self.router.close(left)
         self._prep.close(left())
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -71,6 +71,7 @@ def test_app_serves_the_page_the_api_and_health_on_one_port_for_the_hosts_it_is_
         url = app.serving_url()
         assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
         assert "Answering requests for Host 127.0.0.1, tts.example (any port)" in app.stderr
+        assert "memory plan (cpu, float32)" in app.stderr  # the talker's KV cache and what each process holds
         assert httpx.get(url + "/ready", timeout=5).json()["status"] == "ready"
         page = httpx.get(url + "/", timeout=5)
         assert page.status_code == 200 and "Voxtrace" in page.text
@@ -87,3 +88,12 @@ def test_a_host_beyond_loopback_must_say_which_names_it_answers() -> None:
     with AppProcess("--host", "0.0.0.0", "--port", "0") as app:
         assert app.wait_exit(60) != 0
     assert "--allowed-hosts" in app.stderr and "Starting the engine" not in app.stderr  # refused before any work
+
+
+def test_a_talker_shape_that_does_not_fit_in_memory_is_refused_at_start_with_the_numbers(tmp_path: Path) -> None:
+    config = tmp_path / "tight.yaml"
+    config.write_text("talker:\n  max_num_seqs: 8\n  max_model_len: 4096\nmemory:\n  kv_cache_gb: 0.01\n")
+    with AppProcess("--config", str(config), "--port", "0") as app:
+        assert app.wait_exit(120) != 0
+    assert "talker.max_num_seqs 8 x talker.max_model_len 4096 need a" in app.stderr
+    assert "memory.kv_cache_gb 0.01" in app.stderr and "Traceback" not in app.stderr

@@ -6,9 +6,10 @@
     python -m profiling.bench sweep   # a concurrency sweep over the prompt set, against an engine config or a URL
     python -m profiling.bench events  # what event recording costs per call, on and off
     python -m profiling.bench ipc     # what moving data between the stages costs, per path (star, direct, in process)
+    python -m profiling.bench memory  # start-up at real size: load time and peak RSS per process, per executor pair
 
 `python -m profiling.bench SUBCOMMAND --help` lists its flags. model, engine and voice run on the checkpoint that
-`checkpoint.py` sets up (built at `--size`, or a real one with `--checkpoint`), and so does ipc; sweep runs an
+`checkpoint.py` sets up (built at `--size`, or a real one with `--checkpoint`), and so do ipc and memory; sweep runs an
 engine config (whose `model: null` is the tiny model) or a server; events needs none. The benchmark's prompt set is
 `prompt_set.py`.
 """
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-COMMANDS = ("model", "engine", "voice", "sweep", "events", "ipc")
+COMMANDS = ("model", "engine", "voice", "sweep", "events", "ipc", "memory")
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

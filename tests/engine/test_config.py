@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigError, EngineConfig
+from engine.config import ConfigError, EngineConfig, MemoryConfig, StageConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -52,3 +53,47 @@ def test_bad_configs_are_refused_by_name(tmp_path: Path, text: str, message: str
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         EngineConfig.from_yaml(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("memory:\n  utilization: 0\n", "memory.utilization must be a number > 0 and <= 1"),
+        ("memory:\n  utilization: 1.5\n", "memory.utilization must be"),
+        ("memory:\n  utilization: most\n", "memory.utilization must be"),
+        ("memory:\n  kv_cache_gb: -1\n", "memory.kv_cache_gb must be a number > 0"),
+        ("memory:\n  kv_cache_gb: true\n", "memory.kv_cache_gb must be"),
+        ("memory:\n  kv_cache: 2\n", r"unknown key.*memory\.kv_cache\b"),
+        ("code2wav:\n  max_num_seqs: null\n", "code2wav.max_num_seqs must be of type int"),
+    ],
+)
+def test_bad_memory_settings_are_refused_by_name(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig.from_yaml(path)
+
+
+def test_talker_sizes_left_out_are_left_to_the_memory_plan(tmp_path: Path) -> None:
+    """A section's keys left out keep the engine's defaults for that section: the talker's shape is picked at start
+    (engine.memory), code2wav batches 4, whether or not the file names the section."""
+    path = tmp_path / "partial.yaml"
+    path.write_text("talker:\n  executor: mp\ncode2wav:\n  executor: mp\nmemory:\n  utilization: 0.5\n")
+    config = EngineConfig.from_yaml(path)
+    assert (config.talker.max_num_seqs, config.talker.max_model_len) == (None, None)
+    assert config.code2wav.max_num_seqs == EngineConfig().code2wav.max_num_seqs == 4
+    assert (config.memory.utilization, config.memory.kv_cache_gb) == (0.5, None)
+    assert EngineConfig().talker.max_num_seqs is None  # the Python default too
+    with pytest.raises(ConfigError, match="code2wav.max_num_seqs"):  # only the talker's shape is planned
+        EngineConfig(code2wav=StageConfig(max_num_seqs=None))
+
+
+def test_a_config_written_out_loads_back_as_it_was() -> None:
+    """What `profiling.space.config_yaml` writes: the talker's shape left to the plan is written as null."""
+    for config in (EngineConfig(), EngineConfig(memory=MemoryConfig(utilization=0.5), talker=StageConfig())):
+        assert EngineConfig.from_dict(dataclasses.asdict(config)) == config
+
+
+def test_the_default_config_keeps_its_explicit_talker_shape() -> None:
+    config = EngineConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")
+    assert (config.talker.max_num_seqs, config.talker.max_model_len) == (8, 2048)

@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 
 from engine import Engine, EngineConfig, EngineError, RequestError, SpeechRequest, StageUnavailable
-from engine.config import DecodeConfig, StageConfig
+from engine.config import ConfigError, DecodeConfig, MemoryConfig, StageConfig
 from engine.model.audio import load_reference_audio
 from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
 from engine.model.sampling import SamplingParams
@@ -194,10 +194,17 @@ def test_a_batch_invariant_stream_is_the_same_alone_and_among_16(checkpoints, cl
     with Engine(config) as engine:
         alone = engine.synthesize(target).wav
 
-        async def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
+        async def crowded() -> list:
+            streams = await asyncio.gather(*(collect(engine, r) for r in [*others[:8], target, *others[8:]]))
+            return streams[8]
+
+        among = np.concatenate([c.samples for c in asyncio.run(crowded())])
+    np.testing.assert_array_equal(among, alone)
+
+
+def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
     config = engine_config(checkpoints["base"], max_num_seqs=1)
     with Engine(config) as engine:
-
         cancelled = clone(clips, frames=400)
 
         async def cancel_after_first_chunk() -> None:
@@ -511,6 +518,36 @@ def test_close_during_a_restart_leaves_no_worker_behind(checkpoints) -> None:
     assert set(psutil.Process().children(recursive=True)) - children_before == set()
     assert our_rings() == rings_before
     assert not [t for t in threading.enumerate() if t.name == "talker-restart" and t.is_alive()]
+
+
+def test_talker_sizes_left_out_of_the_config_come_from_the_memory_plan(checkpoints) -> None:
+    config = EngineConfig(model=str(checkpoints["base"]))  # as `app.py --model` builds it
+    with Engine(config) as engine:
+        plan = engine.memory
+        assert (engine.config.talker.max_num_seqs, engine.config.talker.max_model_len) == (8, 4096)  # tiny: the most
+        assert (plan.max_num_seqs, plan.max_model_len) == (8, 4096)
+        assert engine.router.places == 8 + config.limits.max_waiting
+        assert plan.describe().startswith("memory plan (cpu, float32)")
+    too_big = dataclasses.replace(config, memory=MemoryConfig(kv_cache_gb=0.01), talker=StageConfig(max_num_seqs=8))
+    with pytest.raises(ConfigError, match="talker.max_num_seqs 8 x talker.max_model_len 4096 need a .* KV cache"):
+        Engine(too_big)  # refused before any weight is loaded
+
+
+@pytest.mark.parametrize("executors", ["uni", "mp"])
+def test_a_new_clip_s_reference_is_decoded_as_soon_as_its_prompt_is_ready(
+    executors: str, request: pytest.FixtureRequest, clips, tmp_path: Path
+) -> None:
+    """Not when the first chunk comes: the prompt's reference codes go to code2wav as a warm-up, decoded while the
+    talker prefills."""
+    engine: Engine = request.getfixturevalue(executors)
+    samples, rate = sf.read(clips["mono"])
+    fresh = tmp_path / "cold.wav"  # a clip no other test of this engine clones
+    sf.write(fresh, samples * (0.7 if executors == "uni" else 0.8), rate)
+    engine.probe.timeline()  # drop the events of earlier tests
+    engine.synthesize(clone(clips, frames=3, ref_audio=fresh.read_bytes()))
+    ref_frames = engine.prep.encode(fresh.read_bytes(), True).ref_codes.shape[0]  # cached by the request
+    decodes = engine.probe.timeline().select(name=ev.CODE2WAV_DECODE)
+    assert [e.args["frames"] for e in decodes if e.args.get("warming")] == [ref_frames]
 
 
 def test_a_second_request_with_the_same_clip_skips_the_encoders(checkpoints, clips) -> None:
