@@ -2,12 +2,18 @@
 
 The talker's interleaved M-RoPE gets three identical position streams in TTS (`get_rope_index` is
 `attention_mask.cumsum - 1` expanded ×3), so every channel picks the same angle: it is plain 1-D RoPE, which is what
-`rope_cos_sin` computes. The float ops mirror the official modules op for op, so batch-1 results are bit-identical.
+`rope_cos_sin` computes. The float results equal the official modules' bit for bit, with fewer calls: q/k/v and
+gate/up are one matmul each (row blocks of one weight), q and k are normalised and rotated together, RoPE's sign is
+folded into its sine table; each of these is checked against the official op sequence in tests/model/test_fused.py.
+A decode step on the CPU is bound by its calls as much as by its weights, so the hot path calls functions, not
+modules, where it can.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -16,17 +22,84 @@ from torch import Tensor, nn
 from engine.model.config import CodePredictorConfig, TalkerConfig
 
 
+def join_rows(module: nn.Module, joined: str, parts: Sequence[str], rows: Sequence[int]) -> None:
+    """Hold the checkpoint's weights `parts` (names relative to `module`) as the row blocks of one weight `joined`,
+    so that one matmul or lookup serves them all. The official names still load (concatenated on the way in, while
+    the checkpoint's own tensors are the only other copy) and are what `state_dict` gives (views of the blocks)."""
+
+    def load(_module: nn.Module, state: dict[str, Tensor], prefix: str, *_args: object) -> None:
+        names = [prefix + p for p in parts]
+        if all(n in state for n in names):  # else the loader reports the missing pieces by name
+            state[prefix + joined] = torch.cat([state.pop(n) for n in names])
+
+    def save(_module: nn.Module, state: dict[str, Tensor], prefix: str, _metadata: object) -> None:
+        blocks = state.pop(prefix + joined).split(list(rows))
+        state.update((prefix + p, b) for p, b in zip(parts, blocks, strict=True))
+
+    module.register_load_state_dict_pre_hook(load)
+    module.register_state_dict_post_hook(save)
+
+
+class GroupedLinear(nn.Linear):
+    """`groups` bias-free heads of `out_features` each, one weight (groups * out_features, in_features), saved and
+    loaded as the checkpoint's `{j}.weight` (a ModuleList of Linear). Head j is a slice of it: the same bits as its
+    own Linear."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, groups * out_features, bias=False)
+        self.rows = out_features
+        join_rows(self, "weight", [f"{j}.weight" for j in range(groups)], [out_features] * groups)
+
+    def forward(self, x: Tensor, group: int) -> Tensor:
+        return F.linear(x, self.weight[group * self.rows : (group + 1) * self.rows])
+
+
+class GroupedEmbedding(nn.Embedding):
+    """`groups` tables of `vocab` rows, one weight (groups * vocab, dim), saved and loaded as the checkpoint's
+    `{j}.weight` (a ModuleList of Embedding): `forward` embeds a code of every group in one lookup, `lookup` one
+    group's codes; indexing and iterating give each group's lookup, as the ModuleList did."""
+
+    def __init__(self, groups: int, vocab: int, dim: int) -> None:
+        super().__init__(groups * vocab, dim)
+        self.groups, self.vocab = groups, vocab
+        join_rows(self, "weight", [f"{j}.weight" for j in range(groups)], [vocab] * groups)
+        self.register_buffer("offsets", torch.arange(groups) * vocab, persistent=False)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """codes (..., groups) -> embeddings (..., groups, dim)."""
+        return F.embedding(codes + self.offsets, self.weight)
+
+    def lookup(self, group: int, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight[group * self.vocab : (group + 1) * self.vocab])
+
+    def __getitem__(self, group: int) -> Callable[[Tensor], Tensor]:
+        if not 0 <= group < self.groups:
+            raise IndexError(f"group {group} of {self.groups}")
+        return partial(self.lookup, group)
+
+    def __iter__(self) -> Iterator[Callable[[Tensor], Tensor]]:
+        return (self[j] for j in range(self.groups))
+
+
+def rms_normalize(x: Tensor, eps: float | Tensor) -> Tensor:
+    """x / rms(x) over the last dimension, in float32, back in x's dtype (RMSNorm without its gain). `h * h` is
+    pow(h, 2)'s own kernel; `eps` may be a 0-dim float32 tensor, which adds as the float does, without wrapping a
+    Python scalar each call."""
+    wide = x.dtype == torch.float32  # `to` is a call even when it has nothing to do
+    h = x if wide else x.to(torch.float32)
+    h = h * torch.rsqrt((h * h).mean(-1, keepdim=True) + eps)
+    return h if wide else h.to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
+        self.eps_t = torch.tensor(eps, dtype=torch.float32, device="cpu")  # a CPU scalar: adds on any device
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return self.weight * rms_normalize(x, self.eps_t)
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> Tensor:
@@ -52,6 +125,32 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x: (B, heads, L, head_dim); cos/sin: (B, L, head_dim)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return (x * cos) + (_rotate_half(x) * sin)
+
+
+@dataclass
+class Rope:
+    """RoPE of one forward pass, shaped (B or 1, L, 1, head_dim) for activations laid out (B, L, heads, head_dim).
+
+    `sin` carries rotate_half's sign (-sin on the first half), so rotating is x * cos + x.roll(half) * sin: the same
+    products and sum as `apply_rope` (negation is exact), in half the calls.
+    """
+
+    cos: Tensor
+    sin: Tensor
+
+    @classmethod
+    def at(cls, positions: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> Rope:
+        """For integer positions (B, L)."""
+        cos, sin = rope_cos_sin(positions, inv_freq, dtype)
+        half = sin.shape[-1] // 2
+        return cls(cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)[:, :, None])
+
+    def span(self, start: int, stop: int) -> Rope:
+        """Positions start..stop-1 of a table built for 0..L-1."""
+        return Rope(self.cos[:, start:stop], self.sin[:, start:stop])
+
+    def rotate(self, x: Tensor) -> Tensor:
+        return x * self.cos + x.roll(x.shape[-1] // 2, -1) * self.sin
 
 
 @dataclass
@@ -84,59 +183,84 @@ class KVCache:
 class AttnBatch:
     """Where a forward pass reads and writes the cache.
 
-    rows: (B,) cache rows; positions: (B, L) positions of the new tokens (also their cache columns); kv_len: cache
-    columns to attend over; mask: (B, 1, L, kv_len) bool (True = attend), or None when every row attends causally
-    to all kv_len columns with the new tokens last (equal lengths). `fresh` marks a prefill from an empty row, which
-    attends over the new keys directly, as the official dynamic cache does.
+    rows: (B,) cache rows, or a slice of consecutive ones; positions: (B, L) positions of the new tokens (also their
+    cache columns; with rows a tensor), or a slice when every row writes the same columns; kv_len: cache columns to
+    attend over. `fresh` marks a prefill from an empty row, which attends over the new keys directly and causally,
+    as the official dynamic cache does. mask: (B, 1, L, kv_len) bool (True = attend), or None: a fresh prefill is
+    causal, a step (one new token per row) attends to all kv_len columns. Slices index the cache as views: no
+    gather, no scatter. (What is causal is read from `fresh`, not from L, so that a compiled stack does not branch
+    on a dynamic size.)
     """
 
-    rows: Tensor
-    positions: Tensor
+    rows: Tensor | slice
+    positions: Tensor | slice
     kv_len: int
     mask: Tensor | None = None
     fresh: bool = False
 
 
+def store(cache: Tensor, new: Tensor, at: AttnBatch) -> Tensor:
+    """Write new keys or values (B, kv_heads, L, head_dim) into one layer's cache at the batch's rows and positions;
+    return what attention reads, (B, kv_heads, kv_len or L, head_dim)."""
+    if isinstance(at.positions, slice):
+        cache[at.rows, :, at.positions] = new
+    else:
+        cache[at.rows[:, None], :, at.positions] = new.transpose(1, 2)
+    if at.fresh:
+        return new
+    if isinstance(at.rows, slice):
+        return cache[at.rows, :, : at.kv_len]
+    return cache[:, :, : at.kv_len].index_select(0, at.rows)
+
+
 class Attention(nn.Module):
-    """GQA self-attention with per-head RMSNorm on q and k (Qwen3), no biases."""
+    """GQA self-attention with per-head RMSNorm on q and k (Qwen3), no biases.
+
+    q, k and v come out of one matmul (`qkv_proj`, the checkpoint's q/k/v_proj as row blocks: each block's output
+    is bit-equal to its own matmul on the CPU, see tests/model/test_fused.py); q and k are normalised and rotated
+    together, each head with its own gain, as the separate official ops would give. Linears are called as
+    functions: a decode step is bound by its calls, and a module call costs about as much as a small op."""
 
     def __init__(self, hidden_size: int, heads: int, kv_heads: int, head_dim: int, eps: float) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.q_proj = nn.Linear(hidden_size, heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(heads * head_dim, hidden_size, bias=False)
+        q, kv = heads * head_dim, kv_heads * head_dim
+        self.qkv_proj = nn.Linear(hidden_size, q + 2 * kv, bias=False)
+        join_rows(self, "qkv_proj.weight", ("q_proj.weight", "k_proj.weight", "v_proj.weight"), (q, kv, kv))
+        self.o_proj = nn.Linear(q, hidden_size, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, at: AttnBatch) -> Tensor:
+    def _qk_gain(self) -> Tensor:
+        """(heads + kv_heads, head_dim): q_norm's gain for the q heads, k_norm's for the k heads."""
+        return torch.cat((self.q_norm.weight.expand(self.heads, -1), self.k_norm.weight.expand(self.kv_heads, -1)))
+
+    def forward(self, x: Tensor, rope: Rope, k_cache: Tensor, v_cache: Tensor, at: AttnBatch) -> Tensor:
         b, n, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, n, -1, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(x).view(b, n, -1, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(x).view(b, n, -1, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        rows = at.rows[:, None]
-        k_cache[rows, :, at.positions] = k.transpose(1, 2)
-        v_cache[rows, :, at.positions] = v.transpose(1, 2)
-        if not at.fresh:
-            k = k_cache[:, :, : at.kv_len].index_select(0, at.rows)
-            v = v_cache[:, :, : at.kv_len].index_select(0, at.rows)
+        qkv = F.linear(x, self.qkv_proj.weight).view(b, n, -1, self.head_dim)
+        qk, v = qkv.split((self.heads + self.kv_heads, self.kv_heads), dim=2)
+        qk = rope.rotate(rms_normalize(qk, self.q_norm.eps_t) * self._qk_gain())
+        q, k = qk.transpose(1, 2).split((self.heads, self.kv_heads), dim=1)
+        k, v = store(k_cache, k, at), store(v_cache, v.transpose(1, 2), at)
+        causal = at.fresh and at.mask is None
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=at.mask, is_causal=at.mask is None and n > 1, scale=self.head_dim**-0.5, enable_gqa=True
+            q, k, v, attn_mask=at.mask, is_causal=causal, scale=self.head_dim**-0.5, enable_gqa=True
         )
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+        return F.linear(out.transpose(1, 2).reshape(b, n, -1), self.o_proj.weight)
 
 
 class MLP(nn.Module):
+    """SwiGLU; gate and up come out of one matmul (`gate_up_proj`, the checkpoint's gate/up_proj as row blocks)."""
+
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
+        join_rows(self, "gate_up_proj.weight", ("gate_proj.weight", "up_proj.weight"), [intermediate_size] * 2)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_proj.weight)
 
 
 class DecoderLayer(nn.Module):
@@ -151,8 +275,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(hidden_size, eps)
         self.post_attention_layernorm = RMSNorm(hidden_size, eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, at: AttnBatch) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, at)
+    def forward(self, x: Tensor, rope: Rope, k_cache: Tensor, v_cache: Tensor, at: AttnBatch) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, k_cache, v_cache, at)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -171,14 +295,22 @@ def decoder_layers(cfg: TalkerConfig | CodePredictorConfig) -> nn.ModuleList:
     )
 
 
-def run_layers(
-    layers: nn.ModuleList, norm: RMSNorm, x: Tensor, inv_freq: Tensor, cache: KVCache, at: AttnBatch
-) -> Tensor:
+def run_layers(layers: nn.ModuleList, norm: RMSNorm, x: Tensor, rope: Rope, cache: KVCache, at: AttnBatch) -> Tensor:
     """The decoder stack on embeddings x (B, L, H) -> final-normed hidden states (B, L, H)."""
-    cos, sin = rope_cos_sin(at.positions, inv_freq, x.dtype)
-    for i, layer in enumerate(layers):
-        x = layer(x, cos, sin, cache.k[i], cache.v[i], at)
+    for layer, k_cache, v_cache in zip(layers, cache.k, cache.v, strict=True):
+        x = layer(x, rope, k_cache, v_cache, at)
     return norm(x)
+
+
+LayersFn = Callable[[nn.ModuleList, RMSNorm, Tensor, Rope, KVCache, AttnBatch], Tensor]
+
+
+def compiled_run_layers() -> LayersFn:
+    """`run_layers` under torch.compile (inductor with its C++ wrapper, sizes dynamic): a step's ~50 small calls per
+    layer become a few fused kernels inside one call, a quarter off a mid-size frame on one CPU core. Not bit-equal
+    to eager (fused reductions and products round differently, ~1e-6), so never for official parity; compiling
+    takes minutes on a small CPU the first time (seconds with inductor's on-disk cache), a few graphs in all."""
+    return torch.compile(run_layers, dynamic=True, options={"cpp_wrapper": True})
 
 
 def decode_mask(positions: Tensor, kv_len: int) -> Tensor:
