@@ -3,7 +3,7 @@
 Per step t: draw code 0 from the talker logits; stop on EOS (not returned) or when t + 1 == max_new_tokens (that
 last draw gets no predictor run, so max_new_tokens draws give at most max_new_tokens - 1 frames); else run the code
 predictor for codes 1..15, and feed the talker Σ16 code embeddings + (trailing[t] or tts_pad). The step pieces
-(`draw_code0`, `next_talker_input`) are batched over rows so the serving engine can reuse them.
+(`draw_code0`, `predictor_pick`) are batched over rows so the serving engine's `official` mode can reuse them.
 """
 
 from __future__ import annotations

@@ -63,9 +63,10 @@ def job(model: Qwen3TTS, rid: str, request: SynthesisInput, params: SamplingPara
     )
 
 
-def make_stage(
-    model: Qwen3TTS, max_num_seqs=4, max_model_len=256, first=2, steady=4, decode=DecodeConfig(sampling_mode="official")
-) -> TalkerStage:
+OFFICIAL = DecodeConfig(sampling_mode="official")
+
+
+def make_stage(model: Qwen3TTS, max_num_seqs=4, max_model_len=256, first=2, steady=4, decode=OFFICIAL) -> TalkerStage:
     """A stage on the model; `official` sampling by default, so that seeded rows equal the reference loop."""
     stage = StageConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
     chunking = ChunkingConfig(first, steady)
