@@ -60,10 +60,14 @@ class StageConfig:
 
 @dataclass
 class ChunkingConfig:
-    """Frames per code chunk handed from the talker to Code2Wav: a small first chunk for fast first audio."""
+    """Frames per code chunk handed from the talker to Code2Wav: a small first chunk for fast first audio, then (with
+    `ramp`) each chunk as long as all the chunks before it, up to `chunk_frames` (2, 2, 4, 8, 8, ...). The ramp keeps
+    the first seams fed: at real time or faster a chunk is made while the audio before it plays, where a full steady
+    chunk right after a small first one arrives after that one has played out (a gap the listener hears)."""
 
     first_chunk_frames: int = 2
     chunk_frames: int = 8
+    ramp: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.first_chunk_frames <= 300 or not 1 <= self.chunk_frames <= 300:

@@ -7,7 +7,8 @@ Per request, from its start time and the arrival time and sample count of each a
 - underrun: a player starts at the first chunk's arrival t0 and plays in real time; for chunk i > 0 the deficit is
   (t_i - t0) * rate - samples received before i; the worst deficit in seconds (0 when never starved). A deficit under
   one sample is float noise, as in the reference.
-Per run: audio seconds per wall second, the share of requests with underrun <= 0.1 s, and percentiles computed with
+Per run: audio seconds per wall second, the share of requests with underrun <= 0.1 s, C50/C100/C200 (sglang-omni's
+continuity: the share of multi-chunk requests whose worst underrun is <= 50/100/200 ms), and percentiles computed with
 numpy's default linear interpolation (what the reference benchmark uses).
 From a Timeline: per-request time in each stage, in transfers and in queues, and the run's IPC overhead.
 """
@@ -144,6 +145,27 @@ def percentiles(values: Sequence[float]) -> Percentiles:
     return Percentiles(float(a.mean()), p50, p90, p95, p99, float(a.max()))
 
 
+@dataclass(frozen=True)
+class Continuity:
+    """The shares (0..1) of multi-chunk requests whose worst underrun is at most 50, 100 and 200 ms; NaN without any
+    such request. A one-chunk request cannot run dry, so it is left out, as sglang-omni does."""
+
+    c50: float
+    c100: float
+    c200: float
+    requests: int  # the multi-chunk requests counted
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def continuity(worst_underruns_s: Sequence[float]) -> Continuity:
+    """C50/C100/C200 of the multi-chunk requests' worst underruns (seconds, one per request)."""
+    n = len(worst_underruns_s)
+    shares = [sum(w <= ms / 1000 for w in worst_underruns_s) / n if n else float("nan") for ms in (50, 100, 200)]
+    return Continuity(*shares, requests=n)
+
+
 @dataclass
 class RunMetrics:
     requests: int
@@ -155,6 +177,7 @@ class RunMetrics:
     rtf: Percentiles
     e2e_s: Percentiles
     underrun_s: Percentiles
+    continuity: Continuity
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +198,7 @@ def run_metrics(per_request: Sequence[RequestMetrics], wall_s: float) -> RunMetr
         rtf=percentiles([r.rtf for r in per_request]),
         e2e_s=percentiles([r.e2e_s for r in per_request]),
         underrun_s=percentiles([r.underrun_s for r in per_request]),
+        continuity=continuity([r.underrun_s for r in per_request if r.chunks > 1]),
     )
 
 

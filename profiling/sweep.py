@@ -47,6 +47,7 @@ class Level:
             "audio_s": m.audio_s,
             "audio_s_per_s": m.audio_s_per_s,
             "continuity_ok_rate": m.continuity_ok_rate,
+            **{f"continuity_{k}": v for k, v in m.continuity.to_dict().items() if k != "requests"},
             "cpu_percent": self.cpu_percent,
             "gpu_busy_percent": self.gpu_busy_percent,
             **{f"{part}_ms": self.gpu_idle_ms.get(part, float("nan")) for part in IDLE_PARTS},

@@ -3,18 +3,18 @@ and the player's audio stream."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import gradio as gr
 from fastapi import FastAPI
 
-from ui.describe import describe
-from ui.player import add_stream_route
+from ui.live import Feed, add_live_route
 from ui.server import create_server
 from ui.state import AppState
-from ui.uploads import Uploads
+from ui.synthesis import Synthesis, form_from_json, run_synthesis
+from ui.uploads import MAX_UPLOAD_MB, Uploads
 from ui.views import benchmark, compare, runs, saved_voices, synthesize, tune
 from ui.views.render import CARD_CSS
-
-MAX_UPLOAD = "20mb"  # a reference clip is at most 30 s; nothing bigger needs to reach the server
 
 RANDOM_WEIGHTS = (
     '<div class="vx-banner" id="vx-random-weights"><b>Tiny model with random weights.</b> '
@@ -27,13 +27,12 @@ def build_app(app_state: AppState) -> gr.Blocks:
     engines = app_state.engines
     with gr.Blocks(title="Voxtrace", analytics_enabled=False) as app:
         uploads = Uploads(app)
-        gr.Markdown(
-            f"# Voxtrace\nQwen3-TTS serving engine with its profiler · serving engine: `{describe(engines.config)}`"
-        )
+        gr.Markdown("# Voxtrace\nQwen3-TTS serving engine with its profiler")
+        header = gr.Markdown(engines.summary(), elem_id="vx-engine")
         if engines.info.tiny:
             gr.HTML(RANDOM_WEIGHTS)
         with gr.Tab("Synthesize"):
-            saved = synthesize.build(app_state, uploads)
+            saved = synthesize.build(app_state, uploads, header)
         with gr.Tab("Compare"):
             compare.build(app_state, uploads)
         with gr.Tab("Benchmark"):
@@ -43,15 +42,28 @@ def build_app(app_state: AppState) -> gr.Blocks:
         with gr.Tab("Runs") as runs_tab:
             shown = runs.build(app_state.runs)
         runs_tab.select(lambda: runs.refresh(app_state.runs), None, list(shown), api_visibility="private")
-        app.load(lambda: saved_voices.choices(app_state.voices), None, [saved], api_visibility="private")
+        app.load(
+            lambda: (saved_voices.choices(app_state.voices), engines.summary()),
+            None,
+            [saved, header],
+            api_visibility="private",
+        )
     return app
 
 
 def create_app(app_state: AppState) -> FastAPI:
-    """One server: the HTTP API's routes (over the serving engine), the player's stream route, and the Gradio app at
-    "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server paths."""
+    """One server: the HTTP API's routes (over the serving engine), the player's Generate route (`ui.live`), and the
+    Gradio app at "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server
+    paths."""
     server = create_server(app_state.engines.serving)
-    add_stream_route(server, app_state.streams)
     blocks = build_app(app_state)
+    uploads = Uploads(blocks)
+
+    async def start(form: dict[str, Any], feed: Feed) -> Synthesis:
+        return await run_synthesis(app_state, uploads, form_from_json(form), feed)
+
+    add_live_route(server, app_state.live, start)
     blocks.queue(default_concurrency_limit=4)
-    return gr.mount_gradio_app(server, blocks, path="/", max_file_size=MAX_UPLOAD, css=CARD_CSS, show_error=False)
+    return gr.mount_gradio_app(
+        server, blocks, path="/", max_file_size=f"{MAX_UPLOAD_MB}mb", css=CARD_CSS, show_error=False
+    )

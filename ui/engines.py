@@ -1,6 +1,6 @@
-"""The app's two engines: the serving engine (the one the HTTP API serves from: built at start, never switched or
-closed by a page) and the lab engine beside it for the settings a page tries (`ui.lab`). A page asks for a config
-and gets whichever of the two runs it."""
+"""The app's engines: the serving engines (the ones the HTTP API serves from: built at start, never switched or
+closed by a page; one per task for the embedded tiny model) and the lab engine beside them for the settings a page
+tries (`ui.lab`). A page asks for a config and gets whichever engine runs it."""
 
 from __future__ import annotations
 
@@ -36,22 +36,29 @@ class EngineUse:
 
 
 class Engines:
-    """The serving engine, built now (so start-up fails early on a bad checkpoint), and the lab engine, built on
-    demand; `close()` ends both (the app calls it on shutdown)."""
+    """The serving engines, built now (so start-up fails early on a bad checkpoint): one for a real checkpoint's task,
+    or, for the embedded tiny model, one per task (three tiny checkpoints), so that no page's task switch restarts
+    anything. Beside them the lab engine, built on demand. `close()` ends them all (the app calls it on shutdown)."""
 
     def __init__(self, config: EngineConfig, lab_limits: LabLimits | None = None) -> None:
         self.serving = Engine(config)
+        self._by_task: dict[Task, Engine] = {self.serving.info.task: self.serving}
         try:
+            if self.serving.info.tiny:
+                for task in Task:
+                    if task not in self._by_task:
+                        self._by_task[task] = Engine(dataclasses.replace(config, tiny_task=task.model_type))
             self.lab = LabEngine(checkpoint_bytes(self.serving.checkpoint), lab_limits)
         except BaseException:
-            self.serving.close()
+            for engine in self._by_task.values():
+                engine.close()
             raise
         self._closing = threading.Lock()
         self._closed = False
 
     @property
     def config(self) -> EngineConfig:
-        """The serving engine's config."""
+        """The serving engine's config (for the tiny model: the one of its first task's engine)."""
         return self.serving.config
 
     @property
@@ -60,9 +67,13 @@ class Engines:
         return self.serving.info
 
     def tasks(self) -> list[Task]:
-        """The tasks the app offers: the checkpoint's own, or every task for the tiny model (another task: a lab
-        engine on that task's tiny checkpoint)."""
-        return list(Task) if self.info.tiny else [self.info.task]
+        """The tasks served: the checkpoint's own, or every task for the tiny model."""
+        return list(self._by_task)
+
+    def serving_for(self, task: str | Task) -> Engine:
+        """The serving engine of `task` (the checkpoint's own engine for a task it does not serve: the request's
+        validation refuses it by name)."""
+        return self._by_task.get(Task(task), self.serving) if task in TASKS else self.serving
 
     def config_for_task(self, task: str, base: EngineConfig | None = None) -> EngineConfig:
         """`base` (the serving config by default), on the tiny checkpoint of `task` when it is a tiny model; a task
@@ -72,28 +83,44 @@ class Engines:
             return dataclasses.replace(config, tiny_task=Task(task).model_type)
         return config
 
+    def _serving_with(self, config: EngineConfig) -> Engine | None:
+        return next((e for e in self._by_task.values() if e.config == config), None)
+
     @asynccontextmanager
     async def use(self, config: EngineConfig) -> AsyncIterator[EngineUse]:
-        """The serving engine for its own config, else the lab engine (`ui.lab.LabUnavailable` when there can be
+        """A serving engine for its own config, else the lab engine (`ui.lab.LabUnavailable` when there can be
         none now)."""
-        if config == self.config:
-            yield EngineUse(self.serving, "serving", config)
+        serving = self._serving_with(config)
+        if serving is not None:
+            yield EngineUse(serving, "serving", config)
             return
         async with self.lab.use(config) as engine:
             yield EngineUse(engine, "lab", config)
 
     def if_up(self, config: EngineConfig) -> Engine | None:
         """The engine `use(config)` would give when it is already up, without building one."""
-        return self.serving if config == self.config else self.lab.engine_if_up(config)
+        return self._serving_with(config) or self.lab.engine_if_up(config)
+
+    def summary(self) -> str:
+        """The serving engines as they are now, for a page's header: model, tasks, executors, device, readiness."""
+        config = self.config
+        model = "the embedded tiny model (random weights)" if self.info.tiny else f"`{config.model}`"
+        down = sorted({stage for e in self._by_task.values() for stage, up in e.ready().items() if not up})
+        state = f"restarting: {', '.join(down)}" if down else "ready"
+        return (
+            f"**Serving** {model} · tasks: {', '.join(str(t) for t in self._by_task)} · talker "
+            f"{config.talker.executor} · code2wav {config.code2wav.executor} · {config.device} · {state}"
+        )
 
     def close(self) -> None:
-        """Close the lab engine, then the serving engine (each bounded by `Engine.close`); again: nothing."""
+        """Close the lab engine, then the serving engines (each bounded by `Engine.close`); again: nothing."""
         with self._closing:
             if self._closed:
                 return
             self._closed = True
         self.lab.close()
-        self.serving.close()
+        for engine in self._by_task.values():
+            engine.close()
 
 
 def preset_configs(base: EngineConfig, config_dir: Path = CONFIG_DIR) -> dict[str, EngineConfig]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
 from profiling.run import RunResult, profile_run_async
 from profiling.sweep import Bench, sweep_engine
+from ui.heard import Heard
 
 OnChunk = Callable[[AudioChunk], None]
 
@@ -23,12 +24,14 @@ OnChunk = Callable[[AudioChunk], None]
 @dataclass
 class ProfiledRun:
     """One profiled run as a view shows it: the runner's `RunResult`, and beside it what the result does not hold:
-    which run it is on the page, the seed each request used (it rides on every chunk) and the files to download."""
+        which run it is on the page, the seed each request used (it rides on every chunk), the files to download and what
+    the listener heard."""
 
     label: str
     result: RunResult
     seeds: dict[str, int | None]  # request id -> the seed it sampled with (None: greedy)
     files: dict[str, Path] = field(default_factory=dict)  # audio, trace (Perfetto JSON), tensorboard (zip), metrics
+    heard: Heard | None = None  # what the page's player heard, when it played the run
 
 
 async def run_requests(

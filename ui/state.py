@@ -1,6 +1,6 @@
 """What the app holds between clicks, one object per responsibility: the engines (`ui.engines`: the serving engine
-and the lab engine), the runs of this session (`ui.run_store`), the saved voices (`ui.voices`) and the live audio
-streams (`ui.player`). `AppState` composes them; app.py builds it and closes it."""
+and the lab engine), the runs of this session (`ui.run_store`), the saved voices (`ui.voices`) and the runs the page's
+player started (`ui.live`). `AppState` composes them; app.py builds it and closes it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from engine import EngineConfig
 from ui.engines import Engines
 from ui.lab import LabLimits
-from ui.player import StreamHub
+from ui.live import LiveRuns
 from ui.run_store import RunStore
 from ui.voices import VoiceLibrary, VoiceLimits
 
@@ -33,7 +33,7 @@ class AppState:
     engines: Engines
     runs: RunStore
     voices: VoiceLibrary
-    streams: StreamHub
+    live: LiveRuns  # the page's Generate runs, started over HTTP by its player (`ui.live`)
 
     @classmethod
     def start(
@@ -46,7 +46,7 @@ class AppState:
     ) -> AppState:
         """The serving engine built now (start-up fails early on a bad checkpoint), the rest beside it."""
         voices = VoiceLibrary((data_dir or default_data_dir()) / "voices", voice_limits)
-        return cls(Engines(config, lab_limits), RunStore(runs_dir), voices, StreamHub())
+        return cls(Engines(config, lab_limits), RunStore(runs_dir), voices, LiveRuns())
 
     def close(self) -> None:
         """Close the engines (bounded by `Engine.close`), then remove the run folders; again: nothing."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 
+MAX_UPLOAD_MB = 20  # a reference clip is at most 30 s; nothing bigger needs to reach the server
 NOT_UPLOADED = "That clip was not uploaded to this page: upload or record it again."
 
 

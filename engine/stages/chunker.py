@@ -1,9 +1,10 @@
 """Per-request grouping of code frames into `CodeChunk`s, bounded by credits.
 
-A small first chunk gets audio started quickly, then chunks of a steady size. Every chunk, the last one included,
-spends one credit: the listener grants credits as it consumes chunks, so a request never runs more than its credits
-ahead of its listener. A request whose next chunk is full but has no credit is `blocked`: the talker leaves its row
-out of the decode batch until a `Credit` arrives, and other rows go on.
+A small first chunk gets audio started quickly, then (with `ChunkingConfig.ramp`) chunks as long as all the audio sent
+before them, up to the steady size: at real time or faster, each is made before the audio ahead of it has played.
+Every chunk, the last one included, spends one credit: the listener grants credits as it consumes chunks, so a
+request never runs more than its credits ahead of its listener. A request whose next chunk is full but has no credit
+is `blocked`: the talker leaves its row out of the decode batch until a `Credit` arrives, and other rows go on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Chunker:
         self.credits = credits
         self.prefix_codes = prefix_codes  # rides on chunk 0 (ICL reference codes)
         self.index = 0  # of the next chunk
+        self.sent = 0  # frames in the chunks that went out
         self.finished = False  # no more frames will come
         self.done = False  # the last chunk went out
         self._frames: list[Tensor] = []
@@ -33,7 +35,10 @@ class Chunker:
     @property
     def target(self) -> int:
         """Frames in the next full chunk."""
-        return self.chunking.first_chunk_frames if self.index == 0 else self.chunking.chunk_frames
+        first, steady = self.chunking.first_chunk_frames, self.chunking.chunk_frames
+        if self.index == 0:
+            return first
+        return min(steady, max(first, self.sent)) if self.chunking.ramp else steady
 
     @property
     def full(self) -> bool:
@@ -68,6 +73,7 @@ class Chunker:
             prefix = self.prefix_codes if self.index == 0 else None
             out.append(CodeChunk(self.request_id, self.index, codes, last, prefix))
             self.index += 1
+            self.sent += n
             self.credits -= 1
             self.done = last
         return out

@@ -147,8 +147,8 @@ def test_a_single_stream_equals_the_reference_path(kind: str, uni: Engine, refer
 def test_chunks_arrive_in_order_first_small_then_steady(uni: Engine, clips) -> None:
     chunks = asyncio.run(collect(uni, clone(clips, frames=20)))
     assert [c.index for c in chunks] == list(range(len(chunks)))
-    assert [c.frames for c in chunks] == [2, 8, 8, 2]  # first_chunk_frames 2, chunk_frames 8
-    assert [c.is_last for c in chunks] == [False, False, False, True]
+    assert [c.frames for c in chunks] == [2, 2, 4, 8, 4]  # first_chunk_frames 2, ramping up to chunk_frames 8
+    assert [c.is_last for c in chunks] == [False, False, False, False, True]
     starts = np.cumsum([0] + [len(c.samples) for c in chunks[:-1]])
     assert [c.start_sample for c in chunks] == list(starts)
     assert all(c.emitted_ns >= c.submitted_ns for c in chunks)

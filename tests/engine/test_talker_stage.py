@@ -66,10 +66,12 @@ def job(model: Qwen3TTS, rid: str, request: SynthesisInput, params: SamplingPara
 OFFICIAL = DecodeConfig(sampling_mode="official")
 
 
-def make_stage(model: Qwen3TTS, max_num_seqs=4, max_model_len=256, first=2, steady=4, decode=OFFICIAL) -> TalkerStage:
+def make_stage(
+    model: Qwen3TTS, max_num_seqs=4, max_model_len=256, first=2, steady=4, decode=OFFICIAL, ramp=True
+) -> TalkerStage:
     """A stage on the model; `official` sampling by default, so that seeded rows equal the reference loop."""
     stage = StageConfig(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
-    chunking = ChunkingConfig(first, steady)
+    chunking = ChunkingConfig(first, steady, ramp)
     return TalkerStage(model.talker, model.config, stage, chunking, events.Recorder("test"), decode=decode)
 
 
@@ -117,7 +119,7 @@ def test_alone_the_stage_gives_the_reference_codes(models, icl_voice, task, para
     reference = model.generate_codes(request, params, seed)
     assert reference.shape == (19, 16)  # max_new_tokens 20 draws give 19 frames
     assert torch.equal(codes_of(out, "a"), reference)
-    assert [len(c.codes) for c in out] == [2, 5, 5, 5, 2]
+    assert [len(c.codes) for c in out] == [2, 2, 4, 5, 5, 1]  # the ramp: 2 first, then as long as all before
     if task != "voice_clone_icl":
         assert all(c.prefix_codes is None for c in out)
     else:  # Code2Wav warms its state on the reference codes, carried by the first chunk only
@@ -127,13 +129,20 @@ def test_alone_the_stage_gives_the_reference_codes(models, icl_voice, task, para
 
 
 @pytest.mark.parametrize(
-    "max_new_tokens,first,steady,sizes",
-    [(13, 3, 4, [3, 4, 4, 1]), (12, 3, 4, [3, 4, 4]), (3, 3, 4, [2]), (1, 2, 4, [0])],
-    ids=["partial-last", "last-on-a-boundary-is-merged", "shorter-than-first", "no-frames"],
+    "max_new_tokens,first,steady,ramp,sizes",
+    [
+        (13, 3, 4, False, [3, 4, 4, 1]),
+        (12, 3, 4, False, [3, 4, 4]),
+        (3, 3, 4, False, [2]),
+        (1, 2, 4, False, [0]),
+        (20, 2, 8, True, [2, 2, 4, 8, 3]),
+        (12, 3, 4, True, [3, 3, 4, 1]),
+    ],
+    ids=["partial-last", "last-on-a-boundary-is-merged", "shorter-than-first", "no-frames", "ramp", "ramp-to-steady"],
 )
-def test_chunk_sizes_follow_the_config(models, icl_voice, max_new_tokens, first, steady, sizes):
+def test_chunk_sizes_follow_the_config(models, icl_voice, max_new_tokens, first, steady, ramp, sizes):
     params = SamplingParams(do_sample=False, subtalker_dosample=False, max_new_tokens=max_new_tokens)
-    stage = make_stage(models["base"], first=first, steady=steady)
+    stage = make_stage(models["base"], first=first, steady=steady, ramp=ramp)
     stage.submit(job(models["base"], "a", clone("chunk sizes", icl_voice), params, None))
     out = run(stage)
     assert [len(c.codes) for c in out] == sizes

@@ -7,6 +7,8 @@ import math
 import pytest
 
 from profiling.metrics import (
+    Continuity,
+    continuity,
     ipc_overhead,
     percentiles,
     request_breakdowns,
@@ -67,9 +69,23 @@ def test_run_metrics_give_audio_throughput_and_continuity():
     assert run.audio_s == pytest.approx(3.0 + 2.2)
     assert run.audio_s_per_s == pytest.approx(5.2 / 2.0)
     assert run.continuity_ok_rate == 0.5
+    assert (run.continuity.c50, run.continuity.c100, run.continuity.c200) == (0.5, 0.5, 0.5)  # b starved 300 ms
     assert run.underrun_s.max == pytest.approx(0.3)
     d = run.to_dict()
     assert d["ttfa_s"]["p50"] == pytest.approx(0.35) and d["requests"] == 2
+
+
+def test_continuity_counts_multi_chunk_requests_by_their_worst_underrun():
+    shares = continuity([0.0, 0.04, 0.08, 0.15, 0.5])
+    assert (shares.c50, shares.c100, shares.c200, shares.requests) == (0.4, 0.6, 0.8, 5)
+    assert continuity([0.05, 0.1, 0.2]) == Continuity(1 / 3, 2 / 3, 1.0, 3)  # at the threshold counts as within
+    assert math.isnan(continuity([]).c50)
+
+
+def test_one_chunk_requests_are_left_out_of_continuity():
+    one = request_metrics("one", 0.0, [0.5], [RATE], RATE)
+    late = request_metrics("late", 0.0, [0.1, 0.6], [int(0.1 * RATE), RATE], RATE)  # 400 ms dry
+    assert run_metrics([one, late], wall_s=1.0).continuity == Continuity(0.0, 0.0, 0.0, 1)
 
 
 def test_server_side_metrics_come_from_the_timeline(run: Timeline):

@@ -47,8 +47,8 @@ def synthesize(client: Client, **fields: Any) -> dict[str, Any]:
     """One Generate click; the outputs by name."""
     unknown = set(fields) - set(SYNTH_FIELDS)
     assert not unknown, unknown
-    out = client.predict(*{**SYNTH_FIELDS, **fields}.values(), api_name="/synthesize")
-    names = ["player", "cards", "seed", "timeline", "utilization", "overhead", "files", "status"]
+    out = client.predict(*{**SYNTH_FIELDS, **fields}.values(), "", api_name="/synthesize")  # "": no player ran it
+    names = ["status", "cards", "seed", "timeline", "utilization", "overhead", "files", "engines"]
     return dict(zip(names, out, strict=True))
 
 
@@ -80,15 +80,15 @@ def wav_of(files: list[str]) -> np.ndarray:
 
 
 def test_a_custom_voice_with_a_speaker(client: Client, running_app: RunningApp) -> None:
-    speakers, _, status = client.predict("custom_voice", api_name="/set_task")  # another tiny checkpoint: a lab engine
-    assert "lab engine (tiny-custom_voice" in status
-    lab = running_app.state.engines.lab
-    assert speakers["value"] in lab.engine_if_up(lab.config).info.speakers
-    speaker = speakers["value"]
-    out = synthesize(client, task="custom_voice", text="Hi.", speaker=speaker, max_new_tokens=10, seed=3)
-    assert out["seed"] == 3
+    guide, speakers, instruct, _languages = client.predict("custom_voice", api_name="/set_task")  # (and the voice box)
+    assert "Pick a speaker" in guide and speakers["visible"] and instruct["visible"]  # the task's own fields
+    engines = running_app.state.engines
+    assert speakers["value"] in engines.serving_for("custom_voice").info.speakers  # served at once: no lab engine
+    out = synthesize(client, task="custom_voice", text="Hi.", speaker=speakers["value"], max_new_tokens=10, seed=3)
+    assert out["seed"] == 3 and "serving engine (tiny-custom_voice" in out["status"]
     assert len(wav_of(out["files"])) == 9 * 1920  # 10 draws -> 9 frames of 80 ms
     assert "time to first audio" in out["cards"] and "× real-time" in out["cards"]
+    assert "tasks: voice_clone, custom_voice, voice_design" in out["engines"]
 
 
 def test_a_voice_clone_from_an_uploaded_clip_streams_and_can_be_repeated(
@@ -102,10 +102,6 @@ def test_a_voice_clone_from_an_uploaded_clip_streams_and_can_be_repeated(
     assert isinstance(seed, int) and seed >= 0  # the engine picked one and the page shows it
     audio = wav_of(first["files"])
     assert len(audio) > 0 and audio.std() > 0.01
-    # the player's stream carries exactly the audio of the run
-    stream_url = running_app.url + first["player"]
-    pcm = np.frombuffer(httpx.get(stream_url, timeout=30).content, dtype="<f4")
-    np.testing.assert_allclose(pcm, audio, atol=1e-4)  # the wav file is float32 too
     # the seed shown repeats the run
     again = synthesize(client, task="voice_clone", text="Cloned.", ref_audio=clip, ref_text="Reference.",
                        max_new_tokens=12, seed=seed)  # fmt: skip
@@ -122,7 +118,7 @@ def test_an_uploaded_clip_is_encoded_before_generate(
     sf.write(fresh, samples * 0.5, rate)
     client.predict("voice_clone", api_name="/set_task")
     status = client.predict("voice_clone", handle_file(str(fresh)), api_name="/prepare_voice")  # on upload
-    assert status.startswith("Reference clip ready: encoded in")
+    assert status.startswith("Clip ready: encoded in")
     voices = running_app.state.engines.serving.prep.voices
     hits, misses = voices.hits, voices.misses
     synthesize(client, text="Ready.", ref_audio=handle_file(str(fresh)), ref_text="Reference.", max_new_tokens=4)
@@ -134,7 +130,7 @@ def test_an_unreadable_upload_is_refused_at_once(client: Client, tmp_path: Path)
     bad.write_bytes(b"not audio at all")
     client.predict("voice_clone", api_name="/set_task")
     status = client.predict("voice_clone", handle_file(str(bad)), api_name="/prepare_voice")
-    assert status.startswith("Reference clip refused: ref_audio")
+    assert status.startswith("This clip cannot be used: ref_audio")
 
 
 def test_a_bad_request_names_its_field(client: Client, clips: dict[str, Path]) -> None:
@@ -206,7 +202,7 @@ def test_a_file_on_the_server_is_never_read_through_the_page_api(running_app: Ru
     handlers = {
         "prepare_voice": lambda clip: ["voice_clone", clip],
         "save_voice": lambda clip: ["stolen", clip, "", True],
-        "synthesize": lambda clip: [*{**SYNTH_FIELDS, "ref_audio": clip}.values()],
+        "synthesize": lambda clip: [*{**SYNTH_FIELDS, "ref_audio": clip}.values(), ""],
         "compare": lambda clip: ["current · uni-uni", "current · uni-uni", "Hi.", 1, 1, 4, 0, clip],
     }
     for api_name, inputs in handlers.items():

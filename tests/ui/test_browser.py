@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,17 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
+def generate(page: Any) -> dict[str, Any]:
+    """Click Generate and wait for the player's figures and the run's cards: what the player saw."""
+    page.evaluate("window.vxPlayerStats = null")
+    page.locator("#vx-generate").click()
+    page.wait_for_function("window.vxPlayerStats && window.vxPlayerStats.done", timeout=60_000)
+    stats = page.evaluate("window.vxPlayerStats")
+    if stats["error"] is None:
+        page.wait_for_function("document.querySelector('#vx-cards').innerText.includes('first sound')", timeout=60_000)
+    return stats
+
+
 def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp, clips: dict[str, Path]) -> None:
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
@@ -32,20 +44,27 @@ def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(running_app.url + "/")
             assert "random weights" in page.locator("#vx-random-weights").inner_text().lower()
-            page.locator("input[type=file]").first.set_input_files(str(clips["mono"]))
-            page.get_by_label("transcript of the clip (voice clone)").fill("What I said in the clip.")
+            assert "Upload or record a clip" in page.locator("#vx-guide").inner_text()  # the three steps
+            assert "at most 30 s and 20 MB" in page.locator("#vx-clip-note").inner_text()  # limits beside the upload
+            assert "voice_clone, custom_voice, voice_design" in page.locator("#vx-engine").inner_text()
             page.get_by_role("button", name="sampling").click()  # the closed accordion of sampling settings
             page.get_by_label("max frames (80 ms each)").fill("40")
             page.get_by_label("seed (-1: pick one and show it)").fill("5")
-            page.wait_for_timeout(1500)  # the upload lands before the click
-            page.locator("#vx-generate").click()
-            stats = page.wait_for_function("window.vxPlayerStats && window.vxPlayerStats.done", timeout=60_000)
-            stats = page.evaluate("window.vxPlayerStats")
-            assert stats["error"] is None
+            # Generate without a clip fails: one message, in the player's status line, and nothing else changes
+            failed = generate(page)
+            assert "ref_audio" in failed["error"] and "Error" not in failed["error"]
+            assert page.locator(".vx-player").get_attribute("data-state") == "error"
+            page.locator("input[type=file]").first.set_input_files(str(clips["mono"]))
+            page.wait_for_function("document.querySelector('#vx-clip-note').innerText.includes('ready')")
+            page.get_by_label("transcript of the clip (voice clone)").fill("What I said in the clip.")
+            stats = generate(page)
+            assert stats["error"] is None and page.locator(".vx-player").get_attribute("data-state") == "done"
             assert stats["samples"] == 39 * 1920  # 40 draws -> 39 frames of 80 ms, all of it streamed
-            assert stats["firstAudioMs"] is not None
+            cards = page.locator("#vx-cards").inner_text()
+            assert "time to first audio (engine)" in cards and "first sound (in your browser" in cards
+            assert f"{stats['chunks']}\nchunks (as the engine made them)" in cards  # the player counts the same
+            assert f"{stats['firstSoundMs']:.0f} ms" in cards  # what the player measured reached the run
             page.locator("#vx-timeline .js-plotly-plot").wait_for(timeout=30_000)
-            assert "time to first audio" in page.locator("#vx-cards").inner_text()
             assert page.locator(".vx-replay").get_attribute("src").startswith("blob:")
             shot = ROOT / "artifacts" / "screenshot.png"
             shot.parent.mkdir(exist_ok=True)
@@ -58,3 +77,34 @@ def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp
         image = Image.open(shot).convert("RGB")
         image = image.crop((0, 0, image.width, min(image.height, 1500)))
         image.resize((image.width * 2 // 3, image.height * 2 // 3)).quantize(128).save(ROOT / "docs" / "screenshot.png")
+
+
+def test_two_pages_keep_their_own_task_and_a_phone_gets_the_player_under_generate(running_app: RunningApp) -> None:
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            a = browser.new_page(viewport={"width": 1400, "height": 1000})
+            a.goto(running_app.url + "/")
+            a.get_by_label("custom_voice").check()
+            a.wait_for_function("document.querySelector('#vx-guide').innerText.includes('Pick a speaker')")
+            b = browser.new_page(viewport={"width": 390, "height": 844})  # a phone, opened after A switched
+            b.goto(running_app.url + "/")
+            assert "Upload or record a clip" in b.locator("#vx-guide").inner_text()  # B keeps the default task
+            b.get_by_label("voice_design").check()
+            b.wait_for_function("document.querySelector('#vx-guide').innerText.includes('Describe the voice')")
+            b.get_by_label("instruct (custom voice, voice design)").fill("A calm, low voice.")
+            for page in (a, b):
+                page.get_by_role("button", name="sampling").click()
+                page.get_by_label("max frames (80 ms each)").fill("12")
+            a_stats, b_stats = generate(a), generate(b)
+            assert a_stats["error"] is None and b_stats["error"] is None
+            assert "serving engine (tiny-custom_voice" in a.locator("#vx-player").inner_text()
+            assert "serving engine (tiny-voice_design" in b.locator("#vx-player").inner_text()
+            generate_box = b.locator("#vx-generate").bounding_box()
+            player_box, cards_box = b.locator("#vx-player").bounding_box(), b.locator("#vx-cards").bounding_box()
+            assert generate_box["y"] < player_box["y"] < cards_box["y"]  # the player right under Generate
+            shot = ROOT / "artifacts" / "phone.png"
+            shot.parent.mkdir(exist_ok=True)
+            b.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()

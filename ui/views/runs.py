@@ -47,7 +47,7 @@ def open_run(runs: RunStore, run_id: str | None) -> tuple[Any, ...]:
     run = record.profiled[0]
     timeline, util, overhead = figures(run)
     seed = next(iter(run.seeds.values()), None)
-    return request_cards(run.result.per_request[0], seed), timeline, util, overhead, record.files
+    return request_cards(run.result.per_request[0], seed, run.heard), timeline, util, overhead, record.files
 
 
 def build(runs: RunStore) -> tuple[gr.Dataframe, gr.Dropdown]:

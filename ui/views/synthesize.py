@@ -1,66 +1,29 @@
-"""Synthesize: one request, its audio streamed into our player as it is made, and the run's profile beside it."""
+"""Synthesize: one request, its audio streamed into our player as it is made (the player runs it over HTTP from the
+click: `ui.live`), and the run's profile beside it, with what the listener heard. The fields shown follow the task."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import dataclasses
+import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
 
-from engine import EngineConfig, EngineError, RequestError, SamplingError, SamplingParams, SpeechRequest, Task
-from engine.config import ChunkingConfig, ConfigError
-from ui.describe import describe
-from ui.engines import Engines, EngineUse
-from ui.lab import LabUnavailable
-from ui.player import PLAYER_JS, PLAYER_TEMPLATE
-from ui.profiled import run_requests
-from ui.run_store import RunRecord
+from engine import EngineConfig, EngineError, RequestError, Task
+from engine.request import TASKS
+from ui.engines import Engines
+from ui.heard import Heard
+from ui.live import RunError
+from ui.player import PLAYER_JS, PLAYER_TEMPLATE, click_js
 from ui.state import AppState
-from ui.uploads import Uploads
+from ui.synthesis import Synthesis, SynthesisForm, run_synthesis
+from ui.uploads import MAX_UPLOAD_MB, Uploads
 from ui.views import saved_voices
 from ui.views.form import form_inputs
 from ui.views.render import capture_note, figures, request_cards
-from ui.voices import VoiceLibrary
-
-
-@dataclasses.dataclass
-class SynthesisForm:
-    """The Synthesize page's inputs, in the order its components are sent: the request, then the engine settings."""
-
-    task: str
-    text: str
-    language: str
-    ref_audio: str | None  # an upload's server path (`ui.uploads`)
-    ref_text: str
-    x_vector_only: bool
-    saved_voice: str | None
-    speaker: str | None
-    instruct: str
-    do_sample: bool
-    temperature: float
-    top_k: float
-    top_p: float
-    max_new_tokens: float
-    seed: float | None  # < 0 or None: the engine picks one and the page shows it
-    talker_executor: str
-    code2wav_executor: str
-    max_num_seqs: float
-    first_chunk_frames: float
-    chunk_frames: float
-    torch_capture: bool
-
-    def engine_config(self, base: EngineConfig) -> EngineConfig:
-        """`base` with the page's engine settings; the rest of the config stays as loaded."""
-        return dataclasses.replace(
-            base,
-            talker=dataclasses.replace(base.talker, executor=self.talker_executor, max_num_seqs=int(self.max_num_seqs)),
-            code2wav=dataclasses.replace(base.code2wav, executor=self.code2wav_executor),
-            chunking=ChunkingConfig(int(self.first_chunk_frames), int(self.chunk_frames)),
-        )
 
 
 def engine_controls(config: EngineConfig) -> dict[str, gr.components.Component]:
@@ -83,180 +46,151 @@ def engine_controls(config: EngineConfig) -> dict[str, gr.components.Component]:
     }
 
 
-def build_request(voices: VoiceLibrary, uploads: Uploads, form: SynthesisForm) -> SpeechRequest:
-    task, x_vector_only = form.task, form.x_vector_only
-    clip, transcript = uploads.read(form.ref_audio), form.ref_text or None
-    voice = saved_voices.saved_voice(voices, form.saved_voice) if task == Task.VOICE_CLONE and clip is None else None
-    if voice is not None:
-        clip, transcript, x_vector_only = voice.clip, voice.ref_text, voice.x_vector_only
-    try:
-        sampling = SamplingParams(
-            do_sample=form.do_sample,
-            temperature=form.temperature,
-            top_k=int(form.top_k),
-            top_p=form.top_p,
-            subtalker_dosample=form.do_sample,
-            subtalker_temperature=form.temperature,
-            subtalker_top_k=int(form.top_k),
-            subtalker_top_p=form.top_p,
-        )
-    except SamplingError as exc:
-        raise RequestError(exc.field, exc.message) from exc
-    seed = form.seed
-    return SpeechRequest(
-        text=form.text,
-        task=task,
-        language=form.language or "auto",
-        speaker=(form.speaker or None) if task == Task.CUSTOM_VOICE else None,
-        instruct=(form.instruct or None) if task != Task.VOICE_CLONE else None,
-        ref_audio=clip if task == Task.VOICE_CLONE else None,
-        ref_text=transcript if task == Task.VOICE_CLONE and not x_vector_only else None,
-        x_vector_only=x_vector_only,
-        sampling=sampling,
-        seed=None if seed is None or seed < 0 else int(seed),
-        max_new_tokens=int(
-            form.max_new_tokens
-        ),  # on the request, so one past the engine's limit is refused, not capped
-    )
-
-
-async def synthesize(app: AppState, uploads: Uploads, form: SynthesisForm) -> AsyncIterator[tuple[Any, ...]]:
-    """Outputs: player stream URL, metric cards, seed used, timeline, utilization, overhead, downloads, status.
-    The page's settings run on the serving engine when they are its own, else on the lab engine (`ui.lab`)."""
-    engines = app.engines
-    # cards, seed, plots, files: the last run's go. None, not "": the later yields then reach a client as "replace"
-    # diffs, which gradio_client <= 2.5 applies correctly even when it lost this yield (it can register a fast event
-    # after its first message arrived); an "append" onto "" would break it.
-    cleared = (None,) * 6
-    try:
-        config = engines.config_for_task(form.task, form.engine_config(engines.config))
-    except ConfigError as exc:
-        raise gr.Error(f"engine settings: {exc}") from exc
-    try:
-        request = build_request(app.voices, uploads, form)
-    except RequestError as exc:
-        raise gr.Error(str(exc)) from exc
-    if engines.if_up(config) is None:
-        yield (None, *cleared, f"Starting a lab engine for these settings: {describe(config)} …")
-    try:
-        async with engines.use(config) as use:
-            async for out in _run(app, use, request, bool(form.torch_capture), cleared):
-                yield out
-    except LabUnavailable as exc:
-        raise gr.Error(str(exc)) from exc
-
-
-async def _run(
-    app: AppState, use: EngineUse, request: SpeechRequest, torch_capture: bool, cleared: tuple[None, ...]
-) -> AsyncIterator[tuple[Any, ...]]:
-    stream = app.streams.open(use.engine.info.sample_rate)
-    yield (stream.url, *cleared, f"Generating on {use.label} …")
-    run_id, run_dir = app.runs.new_dir("synthesize")
-    try:
-        run = await run_requests(
-            use.engine,
-            [request],
-            run_dir,
-            label=run_id,
-            on_chunk=lambda c: stream.push(c.samples),
-            torch_capture=torch_capture,
-        )
-    except (RequestError, EngineError) as exc:
-        raise gr.Error(str(exc)) from exc
-    finally:
-        stream.close()
-    result = run.result
-    if result.errors or not result.per_request:  # the runner reports a failed request instead of raising
-        raise gr.Error(result.errors.get(request.request_id, "the request produced no audio"))
-    seed = run.seeds[request.request_id]
-    metrics = result.per_request[0]
-    record = app.runs.add(
-        RunRecord(
-            run_id,
-            "synthesize",
-            request.text[:60],
-            f"{use.role}: {describe(use.config)}",
-            time.time(),
-            [run],
-            [str(p) for p in run.files.values()],
-            {
-                "task": request.task,
-                "seed": seed,
-                "ttfa_s": metrics.ttfa_s,
-                "rtf": metrics.rtf,
-                "audio_s": metrics.audio_s,
-            },
-        )
-    )
+def shown(synthesis: Synthesis, capture: bool) -> tuple[Any, ...]:
+    """The view's outputs for a finished run (after `CLEARED`'s order): status, cards, seed, plots, files."""
+    run = synthesis.run
+    metrics = run.result.per_request[0]
     timeline, util, overhead = figures(run)
-    status = f"Run {record.id} on {use.label}. Seed {seed}: set it above to repeat this run."
-    if torch_capture:
-        status += " " + capture_note(result)
-    yield (stream.url, request_cards(metrics, seed), seed, timeline, util, overhead, record.files, status)
+    status = f"Run {synthesis.record.id} on {synthesis.engine}. "
+    status += (
+        "Greedy: the same text gives the same audio."
+        if synthesis.seed is None
+        else (f"Seed {synthesis.seed}: set it above to repeat this run.")
+    )
+    if run.heard is not None:
+        heard = run.heard
+        status += (
+            f" You heard the first sound {heard.first_sound_ms:.0f} ms after the click (the engine's first audio: "
+            f"{metrics.ttfa_s * 1000:.0f} ms), with {heard.underruns} underrun(s)."
+        )
+    if capture:
+        status += " " + capture_note(run.result)
+    cards = request_cards(metrics, synthesis.seed, run.heard)
+    return (status, cards, synthesis.seed, timeline, util, overhead, synthesis.record.files)
 
 
-async def prepare_voice(engines: Engines, uploads: Uploads, task: str, ref_audio: str | None) -> Any:
+CLEARED = (None,) * 6  # cards, seed, timeline, util, overhead, files: a failed run leaves none of the last one's
+
+
+async def collect(app: AppState, live: str, capture: bool) -> tuple[Any, ...]:
+    """The page's player ran the request over HTTP (`ui.live`) and reports what it heard (JSON): the run's outputs,
+    or its one message when it was refused or failed."""
+    try:
+        report = json.loads(live)
+        if not isinstance(report, dict):
+            raise ValueError("not an object")
+        if "error" in report:
+            return (str(report["error"])[:500], *CLEARED)
+        heard = Heard.parse(report.get("heard"))
+        synthesis = await app.live.result(str(report.get("run")))
+    except (ValueError, KeyError):
+        return ("That run is not on this server (any more): Generate again.", *CLEARED)
+    except RunError as exc:
+        return (str(exc), *CLEARED)
+    synthesis.hear(heard)
+    return shown(synthesis, capture)
+
+
+async def synthesize(app: AppState, uploads: Uploads, form: SynthesisForm, live: str = "") -> tuple[Any, ...]:
+    """The Generate event. From the page, its player has run the request already (`live`: what it heard). From a
+    script (gradio_client: no player), the run happens here; a refused or failed one is a `gr.Error`."""
+    if live:
+        return await collect(app, live, form.torch_capture)
+    try:
+        synthesis = await run_synthesis(app, uploads, form)
+    except RunError as exc:
+        raise gr.Error(str(exc)) from exc
+    return shown(synthesis, form.torch_capture)
+
+
+async def prepare_voice(engines: Engines, uploads: Uploads, task: str, ref_audio: str | None) -> str:
     """Put an uploaded or recorded clip through the encoders at once, while the user still types: Generate then finds
-    the voice cached (on the engine that is up for the task: the serving one, or a lab engine already built). A clip
-    that a request would be refused for says so now. Returns the status line."""
-    clip = uploads.read(ref_audio)
+    the voice cached. A clip that a request would be refused for says so now. Returns the note under the clip."""
+    limits = clip_limits(engines)
+    try:
+        clip = uploads.read(ref_audio)
+    except gr.Error as exc:
+        return exc.message
     engine = engines.if_up(engines.config_for_task(task))
     if task != Task.VOICE_CLONE or clip is None or engine is None:
-        return gr.skip()
+        return limits
     start = time.perf_counter()
     try:
         future = engine.prepare_voice(clip)
         await asyncio.wait([asyncio.wrap_future(future)])
         voice = future.result()
     except RequestError as exc:
-        gr.Warning(str(exc))
-        return f"Reference clip refused: {exc}"
+        return f"This clip cannot be used: {exc}. {limits}"
     except (EngineError, concurrent.futures.CancelledError):
-        return gr.skip()  # a lab engine closed meanwhile: Generate encodes the clip itself
+        return limits  # the engine closed meanwhile: Generate encodes the clip itself
     frames = voice.ref_codes.shape[0] if voice.ref_codes is not None else 0
     return (
-        f"Reference clip ready: encoded in {(time.perf_counter() - start) * 1000:.0f} ms ({frames} frames of "
-        "reference codes, now warming the decoder)."
+        f"Clip ready: encoded in {(time.perf_counter() - start) * 1000:.0f} ms ({frames} frames of reference codes, "
+        "now warming the decoder)."
     )
 
 
-async def on_task(engines: Engines, task: str) -> tuple[Any, Any, str]:
-    """Offer the task's speakers and languages. On the tiny model another task is another checkpoint: its lab
-    engine is built now, so Generate finds it up."""
-    try:
-        async with engines.use(engines.config_for_task(task)) as use:
-            info = use.engine.info
-    except LabUnavailable as exc:
-        gr.Warning(str(exc))
-        return gr.skip(), gr.skip(), f"Task {task} needs a lab engine: {exc}"
+GUIDES = {
+    Task.VOICE_CLONE: "**1.** Upload or record a clip of the voice · **2.** type what it says (or tick *x-vector "
+    "only*) · **3.** type the text and press **Generate**.",
+    Task.CUSTOM_VOICE: "**1.** Pick a speaker · **2.** type the text (an instruct is optional) · **3.** press "
+    "**Generate**.",
+    Task.VOICE_DESIGN: "**1.** Describe the voice in *instruct* · **2.** type the text · **3.** press **Generate**.",
+}
+
+
+def clip_limits(engines: Engines) -> str:
+    return f"wav, flac or ogg; at most {engines.config.limits.max_ref_seconds:g} s and {MAX_UPLOAD_MB} MB."
+
+
+def task_fields(engines: Engines, task: str) -> tuple[Any, ...]:
+    """What the page shows for `task`: its three steps, the voice fields (voice clone), the speakers (custom voice),
+    the instruct (custom voice, voice design), its languages."""
+    task = Task(task) if task in TASKS else engines.info.task
+    info = engines.serving_for(task).info
     return (
-        gr.update(choices=list(info.speakers), value=info.speakers[0] if info.speakers else None),
+        GUIDES[task],
+        gr.update(visible=task == Task.VOICE_CLONE),
+        gr.update(
+            choices=list(info.speakers),
+            value=info.speakers[0] if info.speakers else None,
+            visible=task == Task.CUSTOM_VOICE,
+        ),
+        gr.update(visible=task != Task.VOICE_CLONE),
         gr.update(choices=list(info.languages)),
-        f"Task {task} runs on {use.label}.",
     )
 
 
-def build(app: AppState, uploads: Uploads) -> gr.Dropdown:
-    """The view; returns the saved-voice picker, which the app refreshes when a page loads."""
+def build(app: AppState, uploads: Uploads, header: gr.Markdown) -> gr.Dropdown:
+    """The view; returns the saved-voice picker, which the app refreshes when a page loads. `header` (the serving
+    engines as they are) is refreshed after every run."""
     engines = app.engines
     info = engines.info
+    task = info.task
     c: dict[str, gr.components.Component] = {}  # the form's components, by field name
-    with gr.Row():
-        with gr.Column(scale=2):
-            c["task"] = gr.Radio([str(t) for t in engines.tasks()], value=str(info.task), label="task")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            guide = gr.Markdown(GUIDES[task], elem_id="vx-guide")
+            c["task"] = gr.Radio([str(t) for t in engines.tasks()], value=str(task), label="task")
             c["text"] = gr.Textbox("Hello from Voxtrace, a Qwen3-TTS serving engine.", label="text", lines=3)
             c["language"] = gr.Dropdown(list(info.languages), value="auto", label="language")
-            with gr.Accordion("voice", open=True):
+            with gr.Group(visible=task == Task.VOICE_CLONE) as voice:
                 c["ref_audio"] = uploads.clip_input(sources=["upload", "microphone"], label="reference clip")
+                clip_note = gr.Markdown(clip_limits(engines), elem_id="vx-clip-note")
                 c["ref_text"] = gr.Textbox(label="transcript of the clip (voice clone)")
                 c["x_vector_only"] = gr.Checkbox(False, label="x-vector only (no transcript needed)")
                 c["saved_voice"] = saved = saved_voices.build(
                     app.voices, uploads, c["ref_audio"], c["ref_text"], c["x_vector_only"]
                 )
-                c["speaker"] = gr.Dropdown(
-                    list(info.speakers), value=(info.speakers or (None,))[0], label="speaker (custom voice)"
-                )
-                c["instruct"] = gr.Textbox(label="instruct (custom voice, voice design)")
+            c["speaker"] = gr.Dropdown(
+                list(info.speakers),
+                value=(info.speakers or (None,))[0],
+                label="speaker (custom voice)",
+                visible=task == Task.CUSTOM_VOICE,
+            )
+            c["instruct"] = gr.Textbox(label="instruct (custom voice, voice design)", visible=task != Task.VOICE_CLONE)
+            go = gr.Button("Generate", variant="primary", elem_id="vx-generate")
+            player = gr.HTML("", html_template=PLAYER_TEMPLATE, js_on_load=PLAYER_JS, elem_id="vx-player")
             with gr.Accordion("sampling", open=False):
                 c["do_sample"] = gr.Checkbox(True, label="sample (off: greedy)")
                 with gr.Row():
@@ -269,34 +203,37 @@ def build(app: AppState, uploads: Uploads) -> gr.Dropdown:
             with gr.Accordion("engine (other settings than the server's run on a lab engine)", open=False):
                 c |= engine_controls(engines.config)
                 c["torch_capture"] = gr.Checkbox(False, label="torch.profiler capture (TensorBoard folder)")
-            go = gr.Button("Generate", variant="primary", elem_id="vx-generate")
-        with gr.Column(scale=3):
-            player = gr.HTML("", html_template=PLAYER_TEMPLATE, js_on_load=PLAYER_JS, elem_id="vx-player")
-            status = gr.Markdown(f"Serving engine: {describe(engines.config)}", elem_id="vx-status")
+        with gr.Column(scale=3, min_width=320):
             cards = gr.HTML("", elem_id="vx-cards")
-            seed_used = gr.Number(label="seed used", interactive=False)
+            seed_used = gr.Number(None, label="seed used (set it above to repeat a run)", interactive=False)
             timeline = gr.Plot(label="timeline", elem_id="vx-timeline")
             util = gr.Plot(label="utilization")
             overhead = gr.Plot(label="overhead breakdown")
-            files = gr.File(label="downloads: audio, Perfetto trace, metrics", file_count="multiple")
+            files = gr.File(label="downloads: audio (16-bit WAV), Perfetto trace, metrics", file_count="multiple")
+    live = gr.Textbox(visible=False)  # the page's player fills it with what it heard (`ui.live`, PLAYER_JS)
 
-    async def run(*values: Any) -> AsyncIterator[tuple[Any, ...]]:
-        async for out in synthesize(app, uploads, SynthesisForm(*values)):
-            yield out
+    async def run(*values: Any) -> tuple[Any, ...]:
+        *fields, heard = values
+        out = await synthesize(app, uploads, SynthesisForm(*fields), heard)
+        return (*out, engines.summary())
 
     go.click(
         run,
-        form_inputs(SynthesisForm, c),
-        [player, cards, seed_used, timeline, util, overhead, files, status],
+        [*form_inputs(SynthesisForm, c), live],
+        [player, cards, seed_used, timeline, util, overhead, files, header],
+        js=click_js([f.name for f in dataclasses.fields(SynthesisForm)]),
         api_name="synthesize",
+        show_progress="hidden",  # the player shows progress; overlays on every output would cost the click time
     )
 
-    async def warm(task_name: str, clip_path: str | None) -> Any:
+    async def warm(task_name: str, clip_path: str | None) -> str:
         return await prepare_voice(engines, uploads, task_name, clip_path)
 
-    async def pick_task(task_name: str) -> tuple[Any, Any, str]:
-        return await on_task(engines, task_name)
-
-    c["ref_audio"].change(warm, [c["task"], c["ref_audio"]], [status], api_name="prepare_voice")
-    c["task"].change(pick_task, [c["task"]], [c["speaker"], c["language"], status], api_name="set_task")
+    c["ref_audio"].change(warm, [c["task"], c["ref_audio"]], [clip_note], api_name="prepare_voice")
+    c["task"].change(
+        lambda name: task_fields(engines, name),
+        [c["task"]],
+        [guide, voice, c["speaker"], c["instruct"], c["language"]],
+        api_name="set_task",
+    )
     return saved
