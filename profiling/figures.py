@@ -81,7 +81,7 @@ def timeline_figure(tl: Timeline, title: str = "Run timeline") -> go.Figure:
     for (pid, track), spans in sorted(groups.items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], 99), kv[0][1])):
         lanes = _disjoint_lanes(spans)
         base = f"{tl.processes.get(pid, pid)} · {track}"
-        labels = [base] + [f"{base} #{k + 1}" for k in range(1, max(lanes) + 1)]
+        labels = [base] + [f"{base} · overlap {k + 1}" for k in range(1, max(lanes) + 1)]
         order += labels
         for e, k in zip(spans, lanes, strict=True):
             reqs = e.requests()
@@ -156,6 +156,17 @@ def timeline_figure(tl: Timeline, title: str = "Run timeline") -> go.Figure:
         height=max(300, 28 * len(order) + 120),
         bargap=0.2,
     )
+    fig.add_annotation(
+        text="One row per process and track; 'overlap 2', ... hold spans that overlap the row above in time. "
+        "A request's row: its life from admission to its last audio, with its milestones.",
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=1.0,
+        yanchor="bottom",
+        showarrow=False,
+        font={"size": 10},
+    )
     return fig
 
 
@@ -188,12 +199,15 @@ def utilization_figure(tl: Timeline, title: str = "Utilization") -> go.Figure:
 
 def overhead_figure(
     breakdowns: Mapping[str, RequestBreakdown],
-    title: str = "Where each request's time went",
+    title: str = "Where each request's time went (stages overlap: the parts can add up to more than ◆ end-to-end)",
     gpu_idle: IdleSplit | None = None,
+    end_to_end_s: Mapping[str, float] | None = None,
 ) -> go.Figure:
-    """Stacked bars per request: time in each stage, in each part of the transfers, and queued (seconds). With a GPU
-    idle split (a CUDA capture), a second panel shows per stage its GPU ops, the GPU's waits for the host and for
-    launches in flight, and the host's waits for kernels (ms)."""
+    """Stacked bars per request: time in each stage, in each part of the transfers, and queued (seconds), with the
+    request's end-to-end time as a marker: the stages run at once (the talker makes frames while Code2Wav decodes the
+    ones before), so the bars add up to more than it. With a GPU idle split (a CUDA capture), a second panel shows per
+    stage its GPU ops, the GPU's waits for the host and for launches in flight, and the host's waits for kernels
+    (ms)."""
     requests = list(breakdowns)
     parts: dict[str, list[float]] = {}
 
@@ -211,6 +225,18 @@ def overhead_figure(
     fig = make_subplots(rows=rows, cols=1, subplot_titles=[title] + ([gpu_idle.summary()] if gpu_idle else []))
     for part, ys in parts.items():
         fig.add_trace(go.Bar(x=requests, y=ys, name=part, legendgroup="requests"), row=1, col=1)
+    if end_to_end_s:
+        fig.add_trace(
+            go.Scatter(
+                x=requests,
+                y=[end_to_end_s.get(r, float("nan")) for r in requests],
+                mode="markers",
+                name="◆ end-to-end",
+                marker={"symbol": "diamond", "size": 12, "color": "black"},
+            ),
+            row=1,
+            col=1,
+        )
     fig.update_xaxes(title_text="request", row=1, col=1)
     fig.update_yaxes(title_text="seconds", row=1, col=1)
     if gpu_idle is not None:

@@ -99,7 +99,9 @@ class RunResult:
         return {
             "timeline": timeline_figure(self.timeline),
             "utilization": utilization_figure(self.timeline),
-            "overhead": overhead_figure(self.breakdowns, gpu_idle=self.gpu_idle),
+            "overhead": overhead_figure(
+                self.breakdowns, gpu_idle=self.gpu_idle, end_to_end_s={m.request: m.e2e_s for m in self.per_request}
+            ),
         }
 
     def summary(self) -> dict[str, Any]:

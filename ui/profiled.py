@@ -24,7 +24,7 @@ OnChunk = Callable[[AudioChunk], None]
 @dataclass
 class ProfiledRun:
     """One profiled run as a view shows it: the runner's `RunResult`, and beside it what the result does not hold:
-        which run it is on the page, the seed each request used (it rides on every chunk), the files to download and what
+    which run it is on the page, the seed each request used (it rides on every chunk), the files to download and what
     the listener heard."""
 
     label: str

@@ -15,12 +15,13 @@ def test_timeline_has_a_lane_per_stage_and_process_and_a_colour_per_request(run:
     # the two prompt preps overlap, and so do the two handoffs: each gets a second lane
     assert lanes[:5] == [
         "engine · engine",
-        "engine · engine #2",
+        "engine · engine · overlap 2",
         "engine · transport",
-        "engine · transport #2",
+        "engine · transport · overlap 2",
         "engine · code2wav",
     ]
-    assert "talker-worker · talker" in lanes and "talker-worker · talker #2" in lanes  # the predictor under a step
+    assert "talker-worker · talker" in lanes
+    assert "talker-worker · talker · overlap 2" in lanes  # the predictor under a step
     assert lanes[-2:] == ["request a", "request b"]
     colors = request_colors(run.requests())
     bars = {t.name: t for t in fig.data if t.type == "bar" and t.showlegend is not False}
@@ -51,6 +52,12 @@ def test_overhead_stacks_stages_transfers_and_queue_per_request(run: Timeline):
     assert parts["talker"] == pytest.approx([0.012, 0.012])
     assert parts["queue"] == pytest.approx([0.0, 0.001])
     assert parts["transfer handoff"] == pytest.approx([0.002, 0.004])
+
+
+def test_overhead_marks_each_request_end_to_end_beside_its_overlapping_parts(run: Timeline):
+    fig = overhead_figure(request_breakdowns(run), end_to_end_s={"a": 0.01, "b": 0.02})
+    (total,) = [t for t in fig.data if t.name == "◆ end-to-end"]
+    assert list(total.y) == [0.01, 0.02] and "stages overlap" in fig.layout.annotations[0].text
 
 
 def test_concurrency_plot_has_one_line_per_config():

@@ -69,7 +69,11 @@ def figures(run: ProfiledRun) -> tuple[go.Figure, go.Figure, go.Figure]:
     return (
         timeline,
         utilization_figure(result.timeline, "CPU (and GPU) utilization"),
-        overhead_figure(result.breakdowns, gpu_idle=result.gpu_idle),
+        overhead_figure(
+            result.breakdowns,
+            gpu_idle=result.gpu_idle,
+            end_to_end_s={m.request: m.e2e_s for m in result.per_request},
+        ),
     )
 
 
