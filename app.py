@@ -21,11 +21,6 @@ import soundfile as sf
 import torch
 
 from engine.config import ConfigError, EngineConfig
-from engine.model.audio import load_reference_audio
-from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
-from engine.model.sampling import SamplingParams
-from engine.model.tiny import build_checkpoint
-from engine.prep import spoken_frames
 from ui.edge import LOOPBACK_HOSTS, EdgeLimits
 
 REFERENCE_MAX_SECONDS = 30.0
@@ -93,13 +88,13 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def serve(argv: list[str]) -> int:
+    args = parse_serve_args(argv)  # before the app's imports (gradio: seconds), so that --help answers at once
     from ui.app import create_app
     from ui.describe import describe
     from ui.server import ServeConfig
     from ui.server import serve as serve_app
     from ui.state import AppState
 
-    args = parse_serve_args(argv)
     hosts = allowed_hosts(args)
     served = ServeConfig(host=args.host, port=args.port, grace_s=args.grace_s, edge=EdgeLimits(allowed_hosts=hosts))
     try:
@@ -145,7 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def synth(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the model's imports (transformers: seconds), so that --help answers at once
+    from engine.model.audio import load_reference_audio
+    from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
+    from engine.model.sampling import SamplingParams
+    from engine.model.tiny import build_checkpoint
+    from engine.prep import spoken_frames
+
     model_path = args.model
     if model_path is None:
         task = "base" if args.ref_audio else "voice_design" if args.instruct and not args.speaker else "custom_voice"
