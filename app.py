@@ -3,7 +3,7 @@
 python app.py                                            # the app, with the embedded tiny model (noise, real timings)
 python app.py --model ./Qwen3-TTS-12Hz-0.6B-Base         # a checkpoint folder (or a Hub id, downloaded when online)
 python app.py --config configs/tiny-mp-mp.yaml --host 0.0.0.0 --allowed-hosts tts.example.com --port 7860
-python app.py synth --text "Hello." --out hello.wav      # one request, no server
+python app.py synth --text "Hello." --out hello.wav      # one request, no server (16-bit PCM; --float: 32-bit float)
 python app.py synth --model ./Qwen3-TTS-12Hz-0.6B-Base --ref-audio me.wav --ref-text "What I said." --text "Hi."
 """
 
@@ -21,10 +21,6 @@ import soundfile as sf
 import torch
 
 from engine.config import ConfigError, EngineConfig
-from engine.model.audio import load_reference_audio
-from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
-from engine.model.sampling import SamplingParams
-from engine.model.tiny import build_checkpoint
 from ui.edge import LOOPBACK_HOSTS, EdgeLimits
 
 REFERENCE_MAX_SECONDS = 30.0
@@ -92,13 +88,13 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 
 def serve(argv: list[str]) -> int:
+    args = parse_serve_args(argv)  # before the app's imports (gradio: seconds), so that --help answers at once
     from ui.app import create_app
     from ui.describe import describe
     from ui.server import ServeConfig
     from ui.server import serve as serve_app
     from ui.state import AppState
 
-    args = parse_serve_args(argv)
     hosts = allowed_hosts(args)
     served = ServeConfig(host=args.host, port=args.port, grace_s=args.grace_s, edge=EdgeLimits(allowed_hosts=hosts))
     try:
@@ -133,13 +129,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ref-text", help="voice clone: its transcript (omit for x-vector-only cloning)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--greedy", action="store_true", help="no sampling (deterministic without a seed)")
-    p.add_argument("--max-new-tokens", type=int, default=2048, help="frame limit (80 ms each)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="frame limit (80 ms each); default: 2048, or with the tiny model about the text's spoken length",
+    )
     p.add_argument("--out", type=Path, default=Path("out.wav"))
+    p.add_argument("--float", action="store_true", help="write 32-bit float samples (default: 16-bit PCM)")
     return p.parse_args(argv)
 
 
 def synth(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the model's imports (transformers: seconds), so that --help answers at once
+    from engine.model.audio import load_reference_audio
+    from engine.model.qwen3_tts import Qwen3TTS, SynthesisInput
+    from engine.model.sampling import SamplingParams
+    from engine.model.tiny import build_checkpoint
+    from engine.prep import spoken_frames
+
     model_path = args.model
     if model_path is None:
         task = "base" if args.ref_audio else "voice_design" if args.instruct and not args.speaker else "custom_voice"
@@ -166,13 +173,16 @@ def synth(argv: list[str] | None = None) -> int:
         instruct=args.instruct,
         voice=voice,
     )
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:  # random weights never draw EOS: the engine's rule for them (`spoken_frames`)
+        max_new_tokens = spoken_frames(args.text) if args.model is None else 2048
     params = SamplingParams(
-        max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, subtalker_dosample=not args.greedy
+        max_new_tokens=max_new_tokens, do_sample=not args.greedy, subtalker_dosample=not args.greedy
     )
     start = time.perf_counter()
     result = tts.synthesize(request, params, seed=args.seed)
     elapsed = time.perf_counter() - start
-    sf.write(args.out, result.wav, result.sample_rate)
+    sf.write(args.out, result.wav, result.sample_rate, subtype="FLOAT" if args.float else "PCM_16")
     seconds = len(result.wav) / result.sample_rate
     print(
         f"wrote {args.out}: {seconds:.2f} s of audio ({len(result.codes)} frames) in {elapsed:.2f} s "

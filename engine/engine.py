@@ -98,7 +98,9 @@ class Engine:
             model.sampling_defaults,
             tiny=config.model is None,
         )
-        self.prep = PromptPrep(self.model, config.limits, int(config.voice_cache_mb * 2**20))
+        self.prep = PromptPrep(
+            self.model, config.limits, int(config.voice_cache_mb * 2**20), random_weights=self.info.tiny
+        )
         self._prep = SerialExecutor("prompt-prep")
         self.recorder = get_recorder()
         self.router = Router(config.talker.max_num_seqs + config.limits.max_waiting, self.recorder)

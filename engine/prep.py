@@ -4,12 +4,16 @@ it and prepare its voice, so that the talker stage receives a `TalkerJob` it can
 
 The voice (x-vector, and the reference codes for ICL) is cached by the content of the decoded 24 kHz clip, bounded in
 bytes, so a second request with the same clip skips the speaker encoder and the codec encoder.
+
+A random-weight model (the embedded tiny one) never draws EOS on its own, so a request that names no frame limit is
+given about what a speaker would need for its text (`spoken_frames`) rather than run to the engine's limit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import random
 import threading
 from collections import OrderedDict
@@ -17,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from engine.config import LimitsConfig
+from engine.memory import FRAME_RATE
 from engine.model.audio import ReferenceAudio, load_reference_audio, prepare_reference_audio
 from engine.model.prompt import PromptError, check_language, check_speaker, check_text
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
@@ -28,6 +33,14 @@ MAX_NAME_CHARS = 64  # task, language, speaker: names, echoed in errors
 MAX_REQUEST_ID_CHARS = 128
 MAX_SEED = 2**63 - 1
 REQUEST_FIELD = {"text": "input", "speaker": "voice"}  # the model's names of the fields a request names otherwise
+CHARS_PER_SECOND = 15  # a brisk speaker's pace, in characters of text
+MARGIN_FRAMES = 12  # about a second
+
+
+def spoken_frames(text: str) -> int:
+    """Frames (80 ms each) a speaker needs for `text` at `CHARS_PER_SECOND`, plus `MARGIN_FRAMES`: the default
+    length of a random-weight model's request, which would otherwise run to the engine's limit."""
+    return math.ceil(len(text.strip()) * FRAME_RATE / CHARS_PER_SECOND) + MARGIN_FRAMES
 
 
 class VoiceCache:
@@ -72,8 +85,11 @@ class VoiceCache:
 
 
 class PromptPrep:
-    def __init__(self, model: Qwen3TTS, limits: LimitsConfig, voice_cache_bytes: int) -> None:
+    def __init__(
+        self, model: Qwen3TTS, limits: LimitsConfig, voice_cache_bytes: int, random_weights: bool = False
+    ) -> None:
         self.model = model
+        self.random_weights = random_weights  # lengths follow the text (`spoken_frames`) when none is asked
         self.task = Task.of_model_type(model.model_type)
         self.limits = limits
         self.voices = VoiceCache(voice_cache_bytes)
@@ -167,9 +183,14 @@ class PromptPrep:
 
     def _sampling(self, request: SpeechRequest) -> SamplingParams:
         """The request's settings with its frame limit: `max_new_tokens` as asked (`check` refused one above
-        the engine's limit), else the settings' own, capped by the engine's limit."""
+        the engine's limit), else the settings' own, capped by the engine's limit. Settings that keep the
+        checkpoint's limit name none: on random weights the limit is then the text's `spoken_frames`."""
         base = request.sampling or self.model.sampling_defaults
-        limit = request.max_new_tokens or min(base.max_new_tokens, self.limits.max_new_tokens)
+        if request.max_new_tokens is not None:
+            return dataclasses.replace(base, max_new_tokens=request.max_new_tokens)
+        limit = min(base.max_new_tokens, self.limits.max_new_tokens)
+        if self.random_weights and base.max_new_tokens == self.model.sampling_defaults.max_new_tokens:
+            limit = min(limit, spoken_frames(request.text))
         return dataclasses.replace(base, max_new_tokens=limit)
 
     def voice(self, request: SpeechRequest) -> VoicePrompt:

@@ -98,7 +98,8 @@ class SpeechRequest:
     non_streaming_mode: bool | None = None  # None: the official default of the task
     sampling: SamplingParams | None = None  # None: the checkpoint's generation_config.json
     seed: int | None = None  # None with sampling: the engine picks one and reports it on every chunk
-    max_new_tokens: int | None = None  # above the engine's limit: refused; None: the sampling settings', capped by it
+    # above the engine's limit: refused; None: the sampling settings', capped by it (random weights: the text's length)
+    max_new_tokens: int | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 

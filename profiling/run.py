@@ -8,7 +8,7 @@ The run folder:
     timeline.json   every process's events (`Timeline.to_bytes`; `Timeline.from_bytes` reads it back)
     trace.json      Chrome-trace JSON for Perfetto / chrome://tracing (our spans, plus torch ops when captured)
     metrics.json    run metrics, per-request metrics (client and engine side), breakdowns, IPC overhead, utilization
-    audio/<request>.wav
+    audio/<request>.wav   16-bit PCM (`wav_subtype="FLOAT"`: the engine's float32 samples as they are)
     tb/<process>.<ns>.pt.trace.json   when captured: TensorBoard's profiler plugin (`--logdir <run folder>`)
 
 A capture of a CUDA run also yields the GPU idle split (`profiling.gpu_idle`): metrics.json's "gpu_idle", and a second
@@ -52,6 +52,7 @@ from telemetry.events import UTILIZATION, Event, EventBatch, Timeline, clock_nam
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (requests done, total)
+WAV_SUBTYPES = ("PCM_16", "FLOAT")  # soundfile's names: what players and editors take, or the samples unrounded
 OnChunk = Callable[[AudioChunk], None]
 
 
@@ -156,12 +157,15 @@ async def profile_run_async(
     progress: Progress | None = None,
     sample_interval_s: float = 0.1,
     on_chunk: OnChunk | None = None,
+    wav_subtype: str = "PCM_16",
 ) -> RunResult:
     """Run `requests` with at most `concurrency` in flight (all at once when None) and profile it; see the module
-    doc for what is written to `run_dir` (nothing when None). `capture` needs a `run_dir` for its traces. Each chunk
-    is also handed to `on_chunk` as it arrives (a live player), on the event loop: it must not block."""
+    doc for what is written to `run_dir` (nothing when None; its WAVs as `wav_subtype`). `capture` needs a `run_dir`
+    for its traces. Each chunk is also handed to `on_chunk` as it arrives (a live player), on the event loop: it must
+    not block."""
     if capture and run_dir is None:
         raise ValueError("capture=True needs a run_dir for the torch.profiler traces")
+    _check_wav_subtype(wav_subtype)  # before the run, not after it
     run_path = Path(run_dir) if run_dir is not None else None
     ids = [r.request_id for r in requests]
     if len(set(ids)) != len(ids):
@@ -216,7 +220,7 @@ async def profile_run_async(
         run_dir=run_path,
     )
     if run_path is not None:
-        write_run(result, run_path)
+        write_run(result, run_path, wav_subtype)
     return result
 
 
@@ -249,10 +253,12 @@ def _gpu_means(tl: Timeline) -> dict[str, float]:
     return {name.split(".")[0]: v for (_, name), v in means.items()}
 
 
-def write_run(result: RunResult, run_dir: str | Path) -> Path:
-    """The run folder (see the module doc). The trace is checked first: a trace Perfetto would misdraw fails here."""
+def write_run(result: RunResult, run_dir: str | Path, wav_subtype: str = "PCM_16") -> Path:
+    """The run folder (see the module doc). The trace is checked first: a trace Perfetto would misdraw fails here.
+    The WAVs are 16-bit PCM unless `wav_subtype` is "FLOAT" (soundfile clips a peak past full scale, never wraps)."""
     import soundfile as sf
 
+    _check_wav_subtype(wav_subtype)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "timeline.json").write_bytes(result.timeline.to_bytes())
@@ -265,8 +271,13 @@ def write_run(result: RunResult, run_dir: str | Path) -> Path:
     audio_dir = run_dir / "audio"
     audio_dir.mkdir(exist_ok=True)
     for rid, wav in result.audio.items():
-        sf.write(audio_dir / f"{_safe(rid)}.wav", wav, result.sample_rate, subtype="FLOAT")
+        sf.write(audio_dir / f"{_safe(rid)}.wav", wav, result.sample_rate, subtype=wav_subtype)
     return run_dir
+
+
+def _check_wav_subtype(subtype: str) -> None:
+    if subtype not in WAV_SUBTYPES:
+        raise ValueError(f"wav_subtype {subtype!r} is not one of {', '.join(WAV_SUBTYPES)}")
 
 
 def _safe(name: str) -> str:

@@ -35,7 +35,7 @@ def test_app_writes_a_wav_with_the_embedded_tiny_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "RANDOM weights" in proc.stderr  # the tiny model says plainly that its audio is noise
     audio, rate = sf.read(out)
-    assert rate == 24000
+    assert rate == 24000 and sf.info(out).subtype == "PCM_16"  # what a user downloads: 16-bit unless asked
     assert len(audio) == 12 * 1920  # 13 draws -> 12 frames of 80 ms
     assert audio.std() > 0.01
 
@@ -57,12 +57,13 @@ def test_app_clones_a_voice_from_a_clip(tmp_path: Path, clips: dict[str, Path], 
         "3",
         "--out",
         str(out),
+        "--float",
     ]
     proc = subprocess.run(
         [sys.executable, "app.py", "synth", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
-    assert sf.info(out).frames > 0
+    assert sf.info(out).frames > 0 and sf.info(out).subtype == "FLOAT"
 
 
 def test_app_serves_the_page_the_api_and_health_on_one_port_for_the_hosts_it_is_told() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 from gradio_client import Client
 
 from tests.ui.conftest import RunningApp
@@ -49,6 +50,8 @@ def test_the_player_gets_every_engine_chunk_and_the_page_gets_the_run(running_ap
     assert seed == 4 and "heard the first sound 250 ms after the click" in status
     assert "250 ms" in cards and "first sound (in your browser, from the click)" in cards
     assert "chunks (as the engine made them)" in cards and f">{len(chunks)}<" in cards  # one count for both
+    (wav,) = [f for f in files if f.endswith(".wav")]
+    np.testing.assert_allclose(sf.read(wav)[0], np.clip(np.concatenate(chunks), -1, 1), atol=2 / 32767)  # 16-bit
     metrics = json.loads(next(open(f).read() for f in files if f.endswith("metrics.json")))
     assert metrics["heard"]["first_sound_ms"] == 250.0
     assert metrics["heard"]["continuity"] == {"c50": 1.0, "c100": 1.0, "c200": 1.0, "requests": 1}
