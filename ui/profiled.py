@@ -42,9 +42,10 @@ async def run_requests(
     label: str = "run",
     on_chunk: OnChunk | None = None,
     torch_capture: bool = False,
+    wav_subtype: str = "PCM_16",
 ) -> ProfiledRun:
     """Send `requests` with at most `concurrency` in flight, each chunk also handed to `on_chunk` (the live player)
-    as it arrives; the run's files go under `run_dir`."""
+    as it arrives; the run's files go under `run_dir` (its WAVs as `wav_subtype`: 16-bit PCM, or "FLOAT")."""
     seeds: dict[str, int | None] = {r.request_id: None for r in requests}
 
     def seen(chunk: AudioChunk) -> None:
@@ -53,7 +54,13 @@ async def run_requests(
             on_chunk(chunk)
 
     result = await profile_run_async(
-        engine, requests, concurrency=concurrency, capture=torch_capture, run_dir=run_dir, on_chunk=seen
+        engine,
+        requests,
+        concurrency=concurrency,
+        capture=torch_capture,
+        run_dir=run_dir,
+        on_chunk=seen,
+        wav_subtype=wav_subtype,
     )
     files = {"trace": run_dir / "trace.json", "metrics": run_dir / "metrics.json"}
     audio = sorted((run_dir / "audio").glob("*.wav"))

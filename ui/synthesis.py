@@ -51,6 +51,7 @@ class SynthesisForm:
     first_chunk_frames: float
     chunk_frames: float
     torch_capture: bool
+    float_wav: bool  # the download as 32-bit float samples, not 16-bit PCM
 
     def engine_config(self, base: EngineConfig) -> EngineConfig:
         """`base` with the page's engine settings; the rest of the config stays as loaded."""
@@ -149,7 +150,13 @@ async def run_synthesis(app: AppState, uploads: Uploads, form: SynthesisForm, fe
 
             try:
                 run = await run_requests(
-                    use.engine, [request], run_dir, label=run_id, on_chunk=on_chunk, torch_capture=form.torch_capture
+                    use.engine,
+                    [request],
+                    run_dir,
+                    label=run_id,
+                    on_chunk=on_chunk,
+                    torch_capture=form.torch_capture,
+                    wav_subtype="FLOAT" if form.float_wav else "PCM_16",
                 )
             finally:
                 if feed is not None:

@@ -30,7 +30,7 @@ SYNTH_FIELDS = {
     "x_vector_only": False, "saved_voice": "(upload or record a clip)", "speaker": None, "instruct": "",
     "do_sample": True, "temperature": 0.9, "top_k": 50, "top_p": 1.0, "max_new_tokens": 20, "seed": -1,
     "talker_executor": "uni", "code2wav_executor": "uni", "max_num_seqs": 8, "first_chunk_frames": 2,
-    "chunk_frames": 8, "torch_capture": False,
+    "chunk_frames": 8, "torch_capture": False, "float_wav": False,
 }  # fmt: skip
 
 

@@ -80,3 +80,13 @@ def test_a_forged_report_gets_a_message_not_a_crash(running_app: RunningApp) -> 
     for report in ("{", json.dumps({"run": "nope", "heard": heard(2)}), json.dumps({"run": "x", "heard": [1]})):
         status, cards, *_ = client.predict(*FORM.values(), report, api_name="/synthesize")
         assert status.startswith("That run is not on this server") and cards is None
+
+
+def test_the_download_is_16_bit_pcm_or_float_when_asked(running_app: RunningApp) -> None:
+    client = Client(running_app.url + "/", verbose=False)
+    subtypes = []
+    for float_wav in (False, True):
+        out = client.predict(*{**FORM, "seed": 1, "float_wav": float_wav}.values(), "", api_name="/synthesize")
+        (wav,) = [f for f in out[-2] if f.endswith(".wav")]
+        subtypes.append(sf.info(wav).subtype)
+    assert subtypes == ["PCM_16", "FLOAT"]

@@ -203,6 +203,7 @@ def build(app: AppState, uploads: Uploads, header: gr.Markdown) -> gr.Dropdown:
             with gr.Accordion("engine (other settings than the server's run on a lab engine)", open=False):
                 c |= engine_controls(engines.config)
                 c["torch_capture"] = gr.Checkbox(False, label="torch.profiler capture (TensorBoard folder)")
+                c["float_wav"] = gr.Checkbox(False, label="download the audio as 32-bit float WAV (else 16-bit PCM)")
         with gr.Column(scale=3, min_width=320):
             cards = gr.HTML("", elem_id="vx-cards")
             seed_used = gr.Number(None, label="seed used (set it above to repeat a run)", interactive=False)
