@@ -51,17 +51,23 @@ class Progress:
 
 
 def click(app: AppState, a: str = OURS, b: str = OTHER, url_a: str = "", url_b: str = "") -> tuple:
-    """One Compare click with 2 requests of 8 frames, 2 at a time; (figure, table, verdict, files, lab, progress)."""
+    """One Compare click with 2 requests of 8 frames, 2 at a time; (figure, table, verdict, files, progress, what the
+    page then says of the lab engines)."""
     form = CompareForm(a, b, "Compare me.", 2, 2, 8, 0, None, url_a, url_b)
     progress = Progress()
     out = asyncio.run(compare(app, Uploads(gr.Blocks()), form, progress=progress))  # type: ignore[arg-type]
-    return (*out, progress.shown)
+    return (*out, progress.shown, app.engines.lab.status().markdown())
 
 
 def test_our_engine_against_our_own_server_as_a_remote_side(app: AppState, remote: Live) -> None:
-    fig, table, verdict, files, lab, shown = click(app, url_b=remote.url)
+    fig, table, verdict, files, shown, lab = click(app, url_b=remote.url)
     remote_label = f"B · {remote.url}"
-    assert "was faster for this workload" in verdict and f"A · {OURS}" in verdict and remote_label in verdict
+    assert (
+        "faster than" in verdict
+        and "for this workload" in verdict
+        and f"A · {OURS}" in verdict
+        and remote_label in verdict
+    )
     assert "not sampled from here" in verdict  # a remote's CPU is not ours to measure, and the page says so
     assert [a.text for a in fig.layout.annotations] == [f"A · {OURS}", remote_label]  # titles name each side once
     rows = {row[0]: row[1:] for row in table}
@@ -90,7 +96,7 @@ def test_a_second_click_finds_both_engines_warm(app: AppState) -> None:
     click(app)
     engines = [app.engines.lab.engine_if_up(presets[name]) for name in (OURS, OTHER)]
     assert all(engines)
-    *_, lab, shown = click(app)
+    *_, shown, lab = click(app)
     assert [app.engines.lab.engine_if_up(presets[name]) for name in (OURS, OTHER)] == engines  # none built again
     assert [d for _, d in shown if "engine" in d] == [
         "A: engine warm (tiny-base · talker uni · code2wav uni · cpu)",

@@ -129,7 +129,7 @@ def verdict(a: ProfiledRun, b: ProfiledRun) -> str:
     f, s = fast.result.metrics, slow.result.metrics
     x = s.wall_s / f.wall_s if f.wall_s > 0 else float("nan")
     return (
-        f"**{fast.label}** was faster for this workload: it finished {x:.2f}× sooner than **{slow.label}** "
+        f"`{fast.label}` was {x:.2f}× faster than `{slow.label}` for this workload "
         f"({f.wall_s:.2f} s against {s.wall_s:.2f} s; time to first audio p50 {f.ttfa_s.p50 * 1000:.0f} ms against "
         f"{s.ttfa_s.p50 * 1000:.0f} ms; {f.audio_s_per_s:.2f} against {s.audio_s_per_s:.2f} audio s per wall s)."
     )
@@ -162,8 +162,8 @@ async def run_side(
 
 async def compare(
     app: AppState, uploads: Uploads, form: CompareForm, progress: gr.Progress | None = None
-) -> tuple[go.Figure, list[list[Any]], str, list[str], str]:
-    """Both sides in turn; (timelines, metrics table, verdict, downloads, the lab's warm engines)."""
+) -> tuple[go.Figure, list[list[Any]], str, list[str]]:
+    """Both sides in turn; (timelines, metrics table, verdict, downloads)."""
     pair = sides(preset_configs(app.engines.config), form)
     clip = uploads.read(form.clip)
     work = Workload.of(app.engines.info, form.text, int(form.max_new_tokens), clip)
@@ -200,7 +200,7 @@ async def compare(
         )
     )
     line = verdict(a, b) + (f"\n\n{REMOTE_NOTE}" if any(s.url for s in pair) else "")
-    return shared_timeline(a, b), metrics_table(a, b), line, files, app.engines.lab.status().markdown()
+    return shared_timeline(a, b), metrics_table(a, b), line, files
 
 
 def downloads(run: ProfiledRun) -> list[Path]:
@@ -229,7 +229,7 @@ def build(app: AppState, uploads: Uploads) -> None:
         c["text"] = gr.Textbox("The same words, two engines.", label="text", scale=3)
         c["requests"] = gr.Number(2, precision=0, minimum=1, maximum=32, label="requests")
         c["concurrency"] = gr.Number(2, precision=0, minimum=1, maximum=32, label="concurrency")
-        c["max_new_tokens"] = gr.Number(40, precision=0, minimum=2, label="max frames")
+        c["max_new_tokens"] = gr.Number(40, precision=0, minimum=2, label="max frames", elem_id="vx-compare-frames")
         c["seed"] = gr.Number(0, precision=0, label="seed (request i uses seed + i)")
     c["clip"] = uploads.clip_input(sources=["upload"], label="reference clip (voice clone; default: a test tone)")
     lab = gr.Markdown(lambda: app.engines.lab.status().markdown(), elem_id="vx-lab-status")  # refreshed on load
@@ -240,8 +240,10 @@ def build(app: AppState, uploads: Uploads) -> None:
     files = gr.File(label="traces and metrics, named by side", file_count="multiple", elem_id="vx-compare-files")
 
     async def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
-        fig, rows, line, paths, warm = await compare(app, uploads, CompareForm(*values), progress=progress)
-        return line, rows, fig, paths, warm
+        fig, rows, line, paths = await compare(app, uploads, CompareForm(*values), progress=progress)
+        return line, rows, fig, paths
 
-    fields = [*form_inputs(CompareForm, c)]
-    go_button.click(run, fields, [verdict_md, table, plot, files, lab], api_name="compare")
+    clicked = go_button.click(run, form_inputs(CompareForm, c), [verdict_md, table, plot, files], api_name="compare")
+    clicked.then(
+        lambda: app.engines.lab.status().markdown(), None, [lab], api_visibility="private"
+    )  # even after an error
