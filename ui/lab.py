@@ -18,6 +18,7 @@ least recently used first, until it fits; when it still does not, the page is re
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -221,6 +222,8 @@ class LabEngine:
                 self._entries.remove(victim)
             log.info("closing the idle lab engine %s to make room", describe(victim.config))
             victim.engine.close()
+            del victim  # the pool held the last reference: what it took is free once collected
+            _collect_closed(config.device)
         if full:
             raise LabUnavailable(
                 f"All {self.limits.max_engines} lab engines are in use by runs ({'; '.join(busy)}); "
@@ -233,6 +236,16 @@ class LabEngine:
             + (f" with {len(busy)} lab engines in use by runs" if busy else "")
             + ". Runs with the serving engine's settings still work."
         )
+
+
+def _collect_closed(device: str) -> None:
+    """Free what a closed engine held before the next memory check reads the free memory: its reference cycles
+    collected and, on CUDA, the allocator's cached blocks given back (a uni engine's tensors live in this process)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def _gib(n: int) -> str:
