@@ -38,7 +38,7 @@ class EngineUse:
 class Engines:
     """The serving engines, built now (so start-up fails early on a bad checkpoint): one for a real checkpoint's task,
     or, for the embedded tiny model, one per task (three tiny checkpoints), so that no page's task switch restarts
-    anything. Beside them the lab engine, built on demand. `close()` ends them all (the app calls it on shutdown)."""
+    anything. Beside them the lab engines, built on demand (`ui.lab`). `close()` ends them all (the app calls it on shutdown)."""
 
     def __init__(self, config: EngineConfig, lab_limits: LabLimits | None = None) -> None:
         self.serving = Engine(config)
@@ -88,7 +88,7 @@ class Engines:
 
     @asynccontextmanager
     async def use(self, config: EngineConfig) -> AsyncIterator[EngineUse]:
-        """A serving engine for its own config, else the lab engine (`ui.lab.LabUnavailable` when there can be
+        """A serving engine for its own config, else a lab engine (`ui.lab.LabUnavailable` when there can be
         none now)."""
         serving = self._serving_with(config)
         if serving is not None:
@@ -113,7 +113,7 @@ class Engines:
         )
 
     def close(self) -> None:
-        """Close the lab engine, then the serving engines (each bounded by `Engine.close`); again: nothing."""
+        """Close the lab engines, then the serving engines (each bounded by `Engine.close`); again: nothing."""
         with self._closing:
             if self._closed:
                 return

@@ -1,6 +1,6 @@
-"""The app's one door into profiled runs: every view calls `run_requests` and `sweep` here, which use the
-profiler's runner (`profiling.run.profile_run_async`, `profiling.sweep.sweep_engine`), and gets back what it draws and
-what the user downloads.
+"""The app's one door into profiled runs: every view calls `run_requests`, `run_url` and `sweep` here, which use the
+profiler's runners (`profiling.run.profile_run_async`, `profiling.speech_client.profile_url_async`,
+`profiling.sweep.sweep_engine`), and gets back what it draws and what the user downloads.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine import AudioChunk, Engine, EngineConfig, SpeechRequest
 from profiling.run import RunResult, profile_run_async
+from profiling.speech_client import profile_url_async
 from profiling.sweep import Bench, sweep_engine
 from ui.heard import Heard
 
 OnChunk = Callable[[AudioChunk], None]
+Progress = Callable[[int, int], None]  # (requests done, total)
 
 
 @dataclass
@@ -43,9 +46,11 @@ async def run_requests(
     on_chunk: OnChunk | None = None,
     torch_capture: bool = False,
     wav_subtype: str = "PCM_16",
+    progress: Progress | None = None,
 ) -> ProfiledRun:
     """Send `requests` with at most `concurrency` in flight, each chunk also handed to `on_chunk` (the live player)
-    as it arrives; the run's files go under `run_dir` (its WAVs as `wav_subtype`: 16-bit PCM, or "FLOAT")."""
+    as it arrives, `progress` told as each request ends; the run's files go under `run_dir` (its WAVs as
+    `wav_subtype`: 16-bit PCM, or "FLOAT")."""
     seeds: dict[str, int | None] = {r.request_id: None for r in requests}
 
     def seen(chunk: AudioChunk) -> None:
@@ -61,14 +66,39 @@ async def run_requests(
         run_dir=run_dir,
         on_chunk=seen,
         wav_subtype=wav_subtype,
+        progress=progress,
     )
+    files = _files(run_dir)
+    if torch_capture and any(run_dir.glob("tb/*.json")):
+        files["tensorboard"] = Path(shutil.make_archive(str(run_dir / "tensorboard"), "zip", run_dir, "tb"))
+    return ProfiledRun(label, result, seeds, files)
+
+
+async def run_url(
+    url: str,
+    bodies: Sequence[dict[str, Any]],
+    run_dir: Path,
+    sample_rate: int,
+    concurrency: int = 1,
+    label: str = "run",
+    progress: Progress | None = None,
+) -> ProfiledRun:
+    """`bodies` sent to an OpenAI-compatible speech server, measured by the client as `run_requests` measures our
+    engine; the same files under `run_dir` (the timeline holds what the client saw)."""
+    result = await profile_url_async(
+        url, bodies, concurrency=concurrency, sample_rate=sample_rate, run_dir=run_dir, progress=progress
+    )
+    seeds = {rid: body.get("seed") for rid, body in zip(result.requests, bodies, strict=True)}
+    return ProfiledRun(label, result, seeds, _files(run_dir))
+
+
+def _files(run_dir: Path) -> dict[str, Path]:
+    """A run folder's downloads (as `profiling.run.write_run` wrote them): trace, metrics, a lone request's audio."""
     files = {"trace": run_dir / "trace.json", "metrics": run_dir / "metrics.json"}
     audio = sorted((run_dir / "audio").glob("*.wav"))
     if len(audio) == 1:
         files["audio"] = audio[0]
-    if torch_capture and any(run_dir.glob("tb/*.json")):
-        files["tensorboard"] = Path(shutil.make_archive(str(run_dir / "tensorboard"), "zip", run_dir, "tb"))
-    return ProfiledRun(label, result, seeds, files)
+    return files
 
 
 async def sweep(

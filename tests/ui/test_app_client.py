@@ -161,7 +161,7 @@ def test_a_saved_voice_is_picked_again_by_any_visitor(
 
 def test_a_comparison_of_uni_against_mp(client: Client) -> None:
     verdict, table, _plot, files = client.predict(
-        "current · uni-uni", "current · mp-mp", "Compare me.", 2, 2, 8, 0, None, api_name="/compare"
+        "current · uni-uni", "current · mp-mp", "Compare me.", 2, 2, 8, 0, None, "", "", api_name="/compare"
     )
     assert "faster than" in verdict
     rows = {r[0]: r[1:] for r in table["data"]}
@@ -203,7 +203,7 @@ def test_a_file_on_the_server_is_never_read_through_the_page_api(running_app: Ru
         "prepare_voice": lambda clip: ["voice_clone", clip],
         "save_voice": lambda clip: ["stolen", clip, "", True],
         "synthesize": lambda clip: [*{**SYNTH_FIELDS, "ref_audio": clip}.values(), ""],
-        "compare": lambda clip: ["current · uni-uni", "current · uni-uni", "Hi.", 1, 1, 4, 0, clip],
+        "compare": lambda clip: ["current · uni-uni", "current · uni-uni", "Hi.", 1, 1, 4, 0, clip, "", ""],
     }
     for api_name, inputs in handlers.items():
         answers = [call(running_app.url, api_name, *inputs(server_file(path))) for path in (outside, missing)]

@@ -3,6 +3,7 @@ model's per config), its first speaker, x-vector cloning from an uploaded clip o
 
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import soundfile as sf
 
 from engine import EngineConfig, ModelInfo, SamplingParams, SpeechRequest, Task
+from profiling.bench.prompt_set import TASK_TYPES
 
 
 @dataclass
@@ -37,6 +39,23 @@ class Workload:
         elif task == Task.CUSTOM_VOICE:
             kwargs = {"speaker": self.speaker if task == self.task else None}
         return [SpeechRequest(self.text, task, sampling=sampling, seed=seed + i, **kwargs) for i in range(n)]
+
+    def bodies(self, n: int, seed: int) -> list[dict[str, Any]]:
+        """The same requests for an OpenAI-compatible speech server (`POST /v1/audio/speech`, streamed 16-bit PCM):
+        the serving checkpoint's task, its first speaker, x-vector cloning from the clip as a data URL."""
+        body: dict[str, Any] = {
+            "input": self.text,
+            "task_type": TASK_TYPES[self.task],
+            "response_format": "pcm",
+            "stream": True,
+            "max_new_tokens": self.max_new_tokens,
+        }
+        if self.task == Task.VOICE_CLONE:
+            clip = base64.b64encode(self.clip or demo_clip()).decode()
+            body.update(ref_audio=f"data:audio/wav;base64,{clip}", x_vector_only_mode=True)
+        elif self.task == Task.CUSTOM_VOICE and self.speaker:
+            body["voice"] = self.speaker
+        return [{**body, "seed": seed + i} for i in range(n)]
 
 
 def demo_clip(seconds: float = 3.0, sample_rate: int = 24000) -> bytes:

@@ -1,0 +1,53 @@
+"""A new user compares our engine with a remote OpenAI-compatible speech server in a real browser (headless Chromium
+through Playwright): the remote is the app's own HTTP API, given by URL; the page shows the verdict, the warm lab
+engines and the downloads named by side. The screenshot is kept in artifacts/compare.png."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.ui.conftest import RunningApp
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+
+if not CHROMIUM.exists():
+    reason = "no /usr/bin/chromium (Debian's chromium package; .ci/run installs it)"
+    if os.environ.get("VOXTRACE_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"VOXTRACE_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def test_our_engine_against_a_remote_server_by_url(running_app: RunningApp) -> None:
+    port = running_app.url.rsplit(":", 1)[1]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(running_app.url + "/")
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#vx-compare-url-b").locator("textarea, input").first.fill(running_app.url)
+            page.locator("#vx-compare-frames input").fill("8")
+            page.locator("#vx-compare").click()
+            verdict = page.locator("#vx-compare-verdict")
+            verdict.get_by_text("for this workload").wait_for(timeout=120_000)
+            assert "A · current · uni-uni" in verdict.inner_text()
+            assert f"B · {running_app.url}" in verdict.inner_text()
+            files = page.locator("#vx-compare-files")
+            files.locator('a[download="A-uni-uni-trace.json"]').wait_for(timeout=30_000)
+            names = {link.get_attribute("download") for link in files.locator("a[download]").all()}
+            remote = f"B-remote-127.0.0.1-{port}"
+            assert names == {f"{side}-{kind}.json" for side in ("A-uni-uni", remote) for kind in ("trace", "metrics")}
+            lab = page.locator("#vx-lab-status").inner_text()
+            assert "Warm lab engines" in lab and "tiny-base · talker uni · code2wav uni · cpu" in lab
+            shot = ROOT / "artifacts" / "compare.png"
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
