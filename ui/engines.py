@@ -1,5 +1,5 @@
 """The app's engines: the serving engines (the ones the HTTP API serves from: built at start, never switched or
-closed by a page; one per task for the embedded tiny model) and the lab engine beside them for the settings a page
+closed by a page; one per task for the embedded tiny model) and the lab engines beside them for the settings a page
 tries (`ui.lab`). A page asks for a config and gets whichever engine runs it."""
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class EngineUse:
 class Engines:
     """The serving engines, built now (so start-up fails early on a bad checkpoint): one for a real checkpoint's task,
     or, for the embedded tiny model, one per task (three tiny checkpoints), so that no page's task switch restarts
-    anything. Beside them the lab engines, built on demand (`ui.lab`). `close()` ends them all (the app calls it on shutdown)."""
+    anything. Beside them the lab engines, built on demand (`ui.lab`). `close()` ends them all (the app calls it on
+    shutdown)."""
 
     def __init__(self, config: EngineConfig, lab_limits: LabLimits | None = None) -> None:
         self.serving = Engine(config)
