@@ -273,6 +273,7 @@ def concurrency_figure(
 ) -> go.Figure:
     """One panel per metric ("ttfa_s.p50" style paths into RunMetrics), one line per config."""
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[label for _, label in metrics])
+    levels = sorted({c for points in results.values() for c in points})
     for n, config in enumerate(results):
         points = sorted(results[config].items())
         for col, (path, _) in enumerate(metrics, start=1):
@@ -289,6 +290,8 @@ def concurrency_figure(
                 row=1,
                 col=col,
             )
-            fig.update_xaxes(type="log", title_text="concurrency", row=1, col=col)
+            fig.update_xaxes(  # ticks at the levels run: concurrency is a whole number
+                type="log", title_text="concurrency", tickvals=levels, ticktext=[str(c) for c in levels], row=1, col=col
+            )
     fig.update_layout(title=title)
     return fig

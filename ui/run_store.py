@@ -26,6 +26,7 @@ class RunRecord:
     profiled: list[ProfiledRun] = field(default_factory=list)  # one per config; none for a sweep (its files say it)
     files: list[str] = field(default_factory=list)  # downloads (paths)
     summary: dict[str, Any] = field(default_factory=dict)  # the row in the runs table
+    figure: Any = None  # a sweep's chart (a plotly figure), drawn again when the run is opened
 
 
 class RunStore:

@@ -174,10 +174,24 @@ def test_a_comparison_of_uni_against_mp(client: Client) -> None:
 
 
 def test_a_small_benchmark(client: Client) -> None:
-    _plot, table, files = client.predict(["current · uni-uni"], "1,2", 2, "Bench.", 6, api_name="/benchmark")
+    plot, table, files = client.predict(["current · uni-uni"], "1,2", 2, "Bench.", 6, "", api_name="/benchmark")
     assert [row[1] for row in table["data"]] == [1, 2]  # one row per concurrency level
     assert all(row[2] == 2 for row in table["data"])  # requests measured per level
     assert sorted(Path(f).name for f in files) == ["bench.csv", "bench.html", "bench.json"]
+    row = dict(zip(table["headers"], table["data"][0], strict=True))
+    assert row["continuity_c200"] == 1.0 and len(repr(row["wall_s"])) <= 7  # C200, and rounded to 3 digits
+    axis = json.loads(plot["plot"])["layout"]["xaxis"]
+    assert axis["tickvals"] == [1, 2] and axis["ticktext"] == ["1", "2"]  # whole concurrency levels only
+
+
+def test_a_benchmark_of_a_server_by_url(client: Client, running_app: RunningApp) -> None:
+    """Our own HTTP API as the remote server: the same client-side figures as for a config."""
+    _plot, table, files = client.predict([], "1", 2, "Remote.", 6, running_app.url, api_name="/benchmark")
+    (row,) = table["data"]
+    assert row[0] == running_app.url and row[2] == 2 and row[3] == 0  # two requests, no error
+    assert any(f.endswith("bench.json") for f in files)
+    with pytest.raises(AppError, match="server URL"):
+        client.predict([], "1", 1, "Remote.", 6, "file:///etc/passwd", api_name="/benchmark")
 
 
 def test_the_runs_of_this_session_open_again(client: Client) -> None:
@@ -188,6 +202,12 @@ def test_the_runs_of_this_session_open_again(client: Client) -> None:
     cards, _timeline, _util, _overhead, files = client.predict(first_synth, api_name="/open_run")
     assert "time to first audio" in cards
     assert any(f.endswith("trace.json") for f in files)
+    sweep = next(row[0] for row in table["data"] if row[1] == "benchmark")
+    _, chart, util, overhead, _ = client.predict(sweep, api_name="/open_run")
+    assert chart is not None and util is None and overhead is None  # its own chart, nothing of the run before
+    comparison = next(row[0] for row in table["data"] if row[1] == "compare")
+    _, timelines, util, overhead, _ = client.predict(comparison, api_name="/open_run")
+    assert timelines is not None and util is None and overhead is None
 
 
 # -- what a page may not do ------------------------------------------------------------------------------------------

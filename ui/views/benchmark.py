@@ -1,8 +1,10 @@
-"""Benchmark: a concurrency sweep from the page, config by config on the lab engine (`ui.lab`: the serving engine
-is not touched), with progress, the runner's charts and the results to download."""
+"""Benchmark: a concurrency sweep from the page, config by config on the lab engines (`ui.lab`: the serving engine
+is not touched) or against an OpenAI-compatible speech server by URL, with progress, the runner's charts and the
+results to download."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from profiling.figures import concurrency_figure
+from profiling.speech_client import check_server_url
+from profiling.sweep import Bench, sweep_url
 from ui.describe import describe
 from ui.engines import preset_configs
 from ui.lab import LabUnavailable
@@ -31,6 +35,9 @@ COLUMNS = [
     "rtf_p50",
     "audio_s_per_s",
     "underrun_s_p99",
+    "continuity_c50",
+    "continuity_c100",
+    "continuity_c200",
 ]
 
 
@@ -43,6 +50,7 @@ class BenchmarkForm:
     requests_per_level: float
     text: str
     max_new_tokens: float
+    url: str  # an OpenAI-compatible speech server instead of the configs ("": the configs)
 
 
 def parse_levels(text: str) -> list[int]:
@@ -55,46 +63,75 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+def rounded(value: Any) -> Any:
+    """A table cell as people read it: floats to 3 significant digits (0.0123, 1.23, 123)."""
+    return float(f"{value:.3g}") if isinstance(value, float) else value
+
+
 async def benchmark(
     app: AppState, form: BenchmarkForm, progress: gr.Progress | None = None
 ) -> tuple[go.Figure, list[list[Any]], list[Path]]:
     """Outputs: the runner's chart (metrics against concurrency), its table (one row per level), its files."""
-    presets = preset_configs(app.engines.config)
-    unknown = [c for c in form.configs or [] if c not in presets]
-    if not form.configs or unknown:
-        raise gr.Error(f"choose one or more configs from: {', '.join(presets)}")
     concurrencies = parse_levels(form.levels)
     n = int(form.requests_per_level)
     if n < 1:
         raise gr.Error("requests per level must be at least 1")
-    run_id, run_dir = app.runs.new_dir("benchmark")
-    chosen = {name: presets[name] for name in form.configs}
     work = Workload.of(app.engines.info, form.text, int(form.max_new_tokens))
 
     def report(fraction: float, what: str) -> None:
         if progress is not None:
             progress(fraction, what)
 
-    try:
-        bench, paths = await sweep(chosen, concurrencies, work.requests, n, run_dir, app.engines.lab.use, report)
-    except LabUnavailable as exc:
-        raise gr.Error(str(exc)) from exc
-    rows = [lv.row() for lv in bench.levels]
-    table = [[r[k] for k in COLUMNS] for r in rows]
+    if form.url.strip():
+        try:
+            url = check_server_url(form.url)
+        except ValueError as exc:
+            raise gr.Error(f"server URL: {exc}") from exc
+        run_id, run_dir = app.runs.new_dir("benchmark")
+        total, done = len(concurrencies) * n, 0
+
+        def tick(_: int) -> None:
+            nonlocal done
+            done += 1
+            report(done / total, f"{done}/{total} requests")
+
+        levels = await asyncio.to_thread(
+            sweep_url, url, work.bodies, concurrencies, n, sample_rate=app.engines.info.sample_rate, label=url,
+            progress=tick,
+        )  # fmt: skip
+        bench = Bench(levels, {"target": url, "configs": [url]})
+        paths, config = bench.write(run_dir), f"remote: {url}"
+        if all(level.errors for level in levels):
+            raise gr.Error(f"The server at {url} answered no request: {levels[0].errors[0]}")
+    else:
+        presets = preset_configs(app.engines.config)
+        unknown = [c for c in form.configs or [] if c not in presets]
+        if not form.configs or unknown:
+            raise gr.Error(f"choose one or more configs from: {', '.join(presets)}, or give a server URL")
+        run_id, run_dir = app.runs.new_dir("benchmark")
+        chosen = {name: presets[name] for name in form.configs}
+        try:
+            bench, paths = await sweep(chosen, concurrencies, work.requests, n, run_dir, app.engines.lab.use, report)
+        except LabUnavailable as exc:
+            raise gr.Error(str(exc)) from exc
+        config = " | ".join(f"lab: {describe(c)}" for c in chosen.values())
+    table = [[rounded(row[k]) for k in COLUMNS] for row in (level.row() for level in bench.levels)]
     files = [str(paths[k]) for k in ("csv", "json", "html")]
+    figure = concurrency_figure(bench.series())
     app.runs.add(
         RunRecord(
             run_id,
             "benchmark",
-            f"sweep c={concurrencies} × {len(chosen)} config(s)",
-            " | ".join(f"lab: {describe(c)}" for c in chosen.values()),
+            f"sweep c={concurrencies} × {len(bench.series())} series",
+            config,
             time.time(),
             [],
             files,
-            {"levels": concurrencies, "configs": list(chosen)},
+            {"levels": concurrencies, "series": list(bench.series())},
+            figure,
         )
     )
-    return concurrency_figure(bench.series()), table, files
+    return figure, table, files
 
 
 def build(app: AppState) -> None:
@@ -106,6 +143,9 @@ def build(app: AppState) -> None:
         c["requests_per_level"] = gr.Number(4, precision=0, minimum=1, label="requests per level")
         c["max_new_tokens"] = gr.Number(24, precision=0, minimum=2, label="max frames per request")
     c["text"] = gr.Textbox("A benchmark sentence of ordinary length.", label="text")
+    c["url"] = gr.Textbox(
+        "", label="or a server's URL (an OpenAI-compatible speech API, e.g. http://127.0.0.1:8000): swept instead"
+    )
     go_button = gr.Button("Run the sweep", variant="primary", elem_id="vx-benchmark")
     plot = gr.Plot(label="metrics against concurrency")
     table = gr.Dataframe(headers=COLUMNS, label="results", interactive=False)

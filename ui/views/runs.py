@@ -34,16 +34,16 @@ def refresh(runs: RunStore) -> tuple[Any, Any]:
 
 
 def open_run(runs: RunStore, run_id: str | None) -> tuple[Any, ...]:
-    """The run's cards, its timeline (both, for a comparison), utilization and overhead, and its files."""
+    """The run's cards, its timeline (both, for a comparison; a sweep's chart), utilization and overhead, and its
+    files; a chart the run does not have is cleared, so nothing of the run shown before stays on screen."""
     record = runs.get(run_id or "")
     if record is None:
         raise gr.Error(f"no run {run_id!r} in this session")
-    skip = gr.skip()
-    if not record.profiled:  # a benchmark or a tune: its results are files
-        return f"{record.title}: see the files.", None, None, None, record.files
-    if len(record.profiled) == 2:
+    if not record.profiled:  # a benchmark (its chart) or a tune: the rest is in its files
+        return f"{record.title}: see the files.", record.figure, None, None, record.files
+    if len(record.profiled) == 2:  # a comparison: both timelines on one axis, nothing of another run
         a, b = record.profiled
-        return f"{record.title}", shared_timeline(a, b), skip, skip, record.files
+        return f"{record.title}", shared_timeline(a, b), None, None, record.files
     run = record.profiled[0]
     timeline, util, overhead = figures(run)
     seed = next(iter(run.seeds.values()), None)

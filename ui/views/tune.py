@@ -164,6 +164,7 @@ async def run_tune(
             [],
             files,
             {"candidates": len(report.result.candidates), "spent_s": report.result.spent_s},
+            report.figure(),
         )
     )
     yield report.figure(), table(report.rows()), findings(report), report.config_yaml or "", files
