@@ -57,11 +57,17 @@ def main() -> None:
             page.wait_for_function("document.querySelector('#vx-clip-note').innerText.includes('ready')")
             page.get_by_role("button", name="sampling").click()
             page.get_by_label("max frames (80 ms each)").fill(str(args.frames))
+            page.on("console", lambda message: print("browser:", message.text) if message.type == "error" else None)
             for i in range(args.runs):
+                before = page.locator("#vx-player .vx-status").inner_text()
                 page.evaluate("window.vxPlayerStats = null")
                 page.locator("#vx-generate").click()
                 page.wait_for_function("window.vxPlayerStats && window.vxPlayerStats.done", timeout=60_000)
-                page.wait_for_function("document.querySelector('#vx-cards').innerText.includes('first sound')")
+                page.wait_for_function(  # the run's own status line (it names the run), set with its cards
+                    "([before]) => { const t = document.querySelector('#vx-player .vx-status').innerText;"
+                    " return t.startsWith('Run ') && t !== before; }",
+                    arg=[before],
+                )
                 page.locator("#vx-timeline .js-plotly-plot").wait_for()  # a listener waits for the plots too
                 stats = page.evaluate("window.vxPlayerStats")
                 cards = page.locator("#vx-cards").inner_text().split("\n")

@@ -30,6 +30,7 @@ from ui.api_schema import ApiError, SpeechBody, busy_error, engine_error, to_spe
 from ui.audio_formats import CONTENT_TYPES, FORMATS, encode, to_pcm16, wav_stream_header
 from ui.edge import REQUEST_ID_HEADER, log_error, request_id
 from ui.health import down_stages
+from ui.voices import VoiceLibrary
 
 __all__ = ["ApiError", "ApiLimits", "SpeechApi"]
 
@@ -103,8 +104,8 @@ def timing_headers(rid: str, first: AudioChunk) -> dict[str, str]:
 class SpeechApi:
     """The routes over one engine; `router` is included by `ui.server.create_server` under /v1."""
 
-    def __init__(self, engine: Engine, limits: ApiLimits) -> None:
-        self.engine, self.limits = engine, limits
+    def __init__(self, engine: Engine, limits: ApiLimits, voices: VoiceLibrary | None = None) -> None:
+        self.engine, self.limits, self.voices = engine, limits, voices
         self.gate = Gate(limits.max_in_flight)
         self.created = int(time.time())
         self.router = APIRouter(prefix="/v1")
@@ -150,7 +151,13 @@ class SpeechApi:
                 "model",
                 "model_not_found",
             )
-        speech = to_speech_request(body, self.engine.info, self.engine.config.limits, request_id(request.scope))
+        speech = to_speech_request(
+            body,
+            self.engine.info,
+            self.engine.config.limits,
+            request_id(request.scope),
+            self.voices.get if self.voices is not None else lambda _: None,
+        )
         self.require_ready()
         if not self.gate.try_enter():
             raise busy_error(f"the server is busy: {self.gate.limit} requests in flight; try again shortly")

@@ -11,6 +11,7 @@ import binascii
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -31,6 +32,7 @@ from engine import (
 )
 from engine.config import LimitsConfig
 from ui.audio_formats import FORMATS, STREAM_FORMATS
+from ui.voices import SavedVoice
 
 ENGINE_FIELD_TO_PARAM = {"task": "task_type"}  # the engine's field names that differ from the API's
 RETRY_AFTER_S = 1  # busy, or a stage's worker being replaced: seconds, not minutes
@@ -129,7 +131,7 @@ class SpeechBody(BaseModel):
 
     model: Text | None = None
     input: Text
-    voice: Text | VoiceRef | None = None  # custom_voice: the speaker; refused by the other tasks
+    voice: Text | VoiceRef | None = None  # custom_voice: the speaker; voice_clone: a saved voice (`ui.voices_api`)
     response_format: Text = "wav"
     speed: float = 1.0
     stream: bool = False
@@ -149,37 +151,46 @@ class SpeechBody(BaseModel):
     non_streaming_mode: bool | None = None
 
 
-def decode_ref_audio(value: str) -> bytes:
-    """A clip given inline, as base64 or a base64 data URL. URLs and paths are refused: the server reads neither."""
+def decode_clip(value: str, param: str = "ref_audio") -> bytes:
+    """A clip given inline (the body's field `param`), as base64 or a base64 data URL. URLs and paths are refused: the
+    server reads neither."""
     text = value.strip()
     if URL_LIKE.match(text):
-        raise ApiError(400, "ref_audio: URLs are not fetched; send the clip as base64 or a data URL", "ref_audio")
+        raise ApiError(400, f"{param}: URLs are not fetched; send the clip as base64 or a data URL", param)
     match = DATA_URL.match(text)
     if match:
         if "base64" not in match["params"].split(";"):
-            raise ApiError(400, "ref_audio: a data URL must be base64-encoded (data:audio/wav;base64,...)", "ref_audio")
+            raise ApiError(400, f"{param}: a data URL must be base64-encoded (data:audio/wav;base64,...)", param)
         mime = match["mime"] or ""
         if mime and not (mime.startswith("audio/") or mime == "application/octet-stream"):
-            raise ApiError(400, f"ref_audio: the data URL holds {mime!r}, not audio", "ref_audio")
+            raise ApiError(400, f"{param}: the data URL holds {mime!r}, not audio", param)
         text = match["data"]
     elif PATH_LIKE.search(text) or (text.startswith("/") and len(text) < SHORTEST_CLIP_BASE64):
-        raise ApiError(400, "ref_audio: file paths are not read; send the clip as base64 or a data URL", "ref_audio")
+        raise ApiError(400, f"{param}: file paths are not read; send the clip as base64 or a data URL", param)
     data = re.sub(r"\s+", "", text)
     altchars = b"-_" if "-" in data or "_" in data else None  # the URL-safe alphabet
     try:
         decoded = base64.b64decode(data + "=" * (-len(data) % 4), altchars=altchars, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ApiError(400, f"ref_audio: not valid base64 ({exc})", "ref_audio") from exc
+        raise ApiError(400, f"{param}: not valid base64 ({exc})", param) from exc
     if not decoded:
-        raise ApiError(400, "ref_audio: empty", "ref_audio")
+        raise ApiError(400, f"{param}: empty", param)
     return decoded
 
 
-def to_speech_request(body: SpeechBody, info: ModelInfo, limits: LimitsConfig, request_id: str) -> SpeechRequest:
-    """The body as an engine request for the served model (`info`). Text lengths are checked here against the
-    engine's `limits`, before the clip is decoded; what the engine checks against the checkpoint (language, speaker,
-    the clip) is left to it: its `RequestError` names the field. `task_type` takes our task names and the
-    checkpoint-type names other Qwen3-TTS servers use (Base / CustomVoice / VoiceDesign)."""
+def to_speech_request(
+    body: SpeechBody,
+    info: ModelInfo,
+    limits: LimitsConfig,
+    request_id: str,
+    saved_voice: Callable[[str], SavedVoice | None] = lambda _: None,
+) -> SpeechRequest:
+    """The body as an engine request for the served model (`info`); for a voice clone, `voice` names a saved voice
+    (`saved_voice` looks it up: its clip, transcript and mode stand for ref_audio, ref_text and x_vector_only_mode).
+    Text lengths are checked here against the engine's `limits`, before the clip is decoded; what the engine checks
+    against the checkpoint (language, speaker, the clip) is left to it: its `RequestError` names the field.
+    `task_type` takes our task names and the checkpoint-type names other Qwen3-TTS servers use (Base / CustomVoice /
+    VoiceDesign)."""
     for param, text, limit in (
         ("input", body.input, limits.max_text_chars),
         ("instructions", body.instructions, limits.max_instruct_chars),
@@ -214,6 +225,18 @@ def to_speech_request(body: SpeechBody, info: ModelInfo, limits: LimitsConfig, r
             raise ApiError(400, f"task_type: {exc}", "task_type", "invalid_value") from None
     voice = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
     asked = task or info.task
+    clip, ref_text, x_vector_only = None, body.ref_text, body.x_vector_only_mode
+    if voice and asked is Task.VOICE_CLONE:
+        if body.ref_audio is not None:
+            raise ApiError(400, "voice: give a saved voice or ref_audio, not both", "voice", "invalid_value")
+        saved = saved_voice(voice)
+        if saved is None:
+            raise ApiError(
+                400, f"voice: {voice!r} is not a saved voice here (GET /v1/voices lists them)", "voice", "invalid_value"
+            )
+        clip, ref_text, x_vector_only, voice = saved.clip, saved.ref_text, saved.x_vector_only, None
+    elif body.ref_audio is not None:
+        clip = decode_clip(body.ref_audio)
     if voice and asked is not Task.CUSTOM_VOICE:
         source = "ref_audio" if asked is Task.VOICE_CLONE else "instructions"
         raise ApiError(
@@ -229,9 +252,9 @@ def to_speech_request(body: SpeechBody, info: ModelInfo, limits: LimitsConfig, r
         language=body.language,
         speaker=voice or None,
         instruct=body.instructions,
-        ref_audio=decode_ref_audio(body.ref_audio) if body.ref_audio is not None else None,
-        ref_text=body.ref_text,
-        x_vector_only=body.x_vector_only_mode,
+        ref_audio=clip,
+        ref_text=ref_text,
+        x_vector_only=x_vector_only,
         non_streaming_mode=body.non_streaming_mode,
         sampling=sampling_params(body, info),
         seed=body.seed,

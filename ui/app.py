@@ -55,7 +55,7 @@ def create_app(app_state: AppState) -> FastAPI:
     """One server: the HTTP API's routes (over the serving engine), the player's Generate route (`ui.live`), and the
     Gradio app at "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server
     paths."""
-    server = create_server(app_state.engines.serving)
+    server = create_server(app_state.engines.serving, voices=app_state.voices)
     blocks = build_app(app_state)
     uploads = Uploads(blocks)
 

@@ -38,18 +38,23 @@ from engine import Engine
 from ui.api import ApiError, ApiLimits, SpeechApi
 from ui.edge import API_PREFIX, REQUEST_ID_HEADER, Edge, EdgeLimits, log_error, request_id
 from ui.health import health_router
+from ui.voices import VoiceLibrary
+from ui.voices_api import VoicesApi
 
 __all__ = ["ApiLimits", "EdgeLimits", "ServeConfig", "Server", "create_server", "make_server", "serve"]
 
 log = logging.getLogger("voxtrace.http")
 
 
-def create_server(engine: Engine, limits: ApiLimits | None = None) -> FastAPI:
-    """The API app over `engine` (which the caller owns and closes). `app.state.api` is the `SpeechApi`."""
+def create_server(engine: Engine, limits: ApiLimits | None = None, voices: VoiceLibrary | None = None) -> FastAPI:
+    """The API app over `engine` (which the caller owns and closes), with the voice routes over `voices` (the app's
+    saved voices) when given. `app.state.api` is the `SpeechApi`."""
     limits = limits or ApiLimits()
     app = FastAPI(title="Voxtrace", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
-    api = SpeechApi(engine, limits)
+    api = SpeechApi(engine, limits, voices)
     app.state.api = api
+    if voices is not None:  # before the speech API's catch-all under /v1
+        app.include_router(VoicesApi(voices, engine).router)
     app.include_router(api.router)
     app.include_router(health_router(engine))
     app.add_exception_handler(ApiError, _api_error)

@@ -108,3 +108,30 @@ def test_two_pages_keep_their_own_task_and_a_phone_gets_the_player_under_generat
             b.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
+
+
+def test_saved_voices_are_listed_after_a_reload_and_shown_when_picked(
+    running_app: RunningApp, clips: dict[str, Path]
+) -> None:
+    from ui.voices import SavedVoice
+
+    running_app.state.voices.save(SavedVoice("kept voice", clips["mono"].read_bytes(), None, True))
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(running_app.url + "/")
+                for visit in ("first", "after a reload"):
+                    if visit == "after a reload":
+                        page.reload()
+                    page.get_by_label("saved voice").click()
+                    page.get_by_role("option", name="kept voice").wait_for(timeout=30_000)
+                page.get_by_role("option", name="kept voice").click()
+                picked = page.locator("#vx-saved-voice")
+                picked.get_by_text("kept voice: x-vector only").wait_for(timeout=30_000)
+                assert picked.locator("audio").get_attribute("src").startswith("data:audio/")
+            finally:
+                browser.close()
+    finally:
+        running_app.state.voices.delete("kept voice")

@@ -3,9 +3,14 @@ above under a name, delete a voice. The library is shared by every visitor."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import mimetypes
 from typing import Any
 
 import gradio as gr
+import soundfile as sf
 
 from ui.uploads import Uploads
 from ui.voices import SavedVoice, VoiceError, VoiceLibrary
@@ -26,6 +31,20 @@ def saved_voice(voices: VoiceLibrary, name: str | None) -> SavedVoice | None:
     if voice is None:
         raise gr.Error(f"No saved voice is named {name!r} (any more).")
     return voice
+
+
+def shown(voices: VoiceLibrary, name: str | None) -> str:
+    """The picked voice as the page shows it: its clip (a player) and its transcript, or that it is x-vector only."""
+    voice = None if not name or name == NO_VOICE else voices.get(name)
+    if voice is None:
+        return ""
+    kind = mimetypes.guess_type(f"clip.{sf.info(io.BytesIO(voice.clip)).format.lower()}")[0] or "audio/wav"
+    clip = base64.b64encode(voice.clip).decode()
+    said = "x-vector only (no transcript)" if voice.x_vector_only else f"“{html.escape(voice.ref_text or '')}”"
+    return (
+        f'<div class="vx-saved-voice"><audio controls src="data:{kind};base64,{clip}" style="width:100%"></audio>'
+        f"<div>{html.escape(voice.name)}: {said}. Generate clones it when no clip is uploaded above.</div></div>"
+    )
 
 
 def save_voice(
@@ -61,6 +80,8 @@ def build(
         name = gr.Textbox(label="save this clip as", scale=1)
         save = gr.Button("save voice", size="sm")
         delete = gr.Button("delete voice", size="sm", variant="stop")
+    picked = gr.HTML("", elem_id="vx-saved-voice")
+    saved.change(lambda name: shown(voices, name), [saved], [picked], api_visibility="private")
     save.click(
         lambda voice_name, path, text, x_only: save_voice(voices, uploads, voice_name, path, text, x_only),
         [name, clip, ref_text, x_vector_only],
