@@ -16,7 +16,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from engine import AudioChunk, Engine, EngineError, RequestError
+from engine import AudioChunk, Engine, EngineError, RequestError, Task
 from ui.api_schema import ApiError, SpeechBody, busy_error, engine_error, to_speech_request, unavailable_error
 from ui.audio_formats import CONTENT_TYPES, FORMATS, encode, to_pcm16, wav_stream_header
 from ui.edge import REQUEST_ID_HEADER, log_error, request_id
@@ -104,8 +104,12 @@ def timing_headers(rid: str, first: AudioChunk) -> dict[str, str]:
 class SpeechApi:
     """The routes over one engine; `router` is included by `ui.server.create_server` under /v1."""
 
-    def __init__(self, engine: Engine, limits: ApiLimits, voices: VoiceLibrary | None = None) -> None:
+    def __init__(
+        self, engine: Engine, limits: ApiLimits, voices: VoiceLibrary | None = None, others: Sequence[Engine] = ()
+    ) -> None:
         self.engine, self.limits, self.voices = engine, limits, voices
+        # `others`: engines of the other tasks (the embedded tiny model serves all three); a request's task_type picks
+        self.by_task = {e.info.task: e for e in (engine, *others)}
         self.gate = Gate(limits.max_in_flight)
         self.created = int(time.time())
         self.router = APIRouter(prefix="/v1")
@@ -115,17 +119,28 @@ class SpeechApi:
         any_method = ["GET", "POST", "PUT", "PATCH", "DELETE"]
         self.router.add_api_route("/{path:path}", self.not_found, methods=any_method, include_in_schema=False)
 
-    def require_ready(self) -> None:
+    def engine_for(self, body: SpeechBody) -> Engine:
+        """The engine serving the body's task_type (the main one when none is named or none serves it: the request's
+        validation then names the field)."""
+        try:
+            task = Task.named(body.task_type) if body.task_type is not None else None
+        except ValueError:
+            return self.engine
+        return self.by_task.get(task, self.engine) if task is not None else self.engine
+
+    def require_ready(self, engine: Engine | None = None) -> None:
         """503 naming a stage that has no live worker: the server does not claim to serve what it cannot."""
-        down = down_stages(self.engine.ready())
+        down = down_stages((engine or self.engine).ready())
         if down:
             raise unavailable_error(down[0])
 
     async def models(self) -> dict[str, Any]:
         self.require_ready()
-        info = self.engine.info
-        served = model_id(self.engine)
-        entry = {
+        return {"object": "list", "data": [self._model(engine) for engine in self.by_task.values()]}
+
+    def _model(self, engine: Engine) -> dict[str, Any]:
+        info, served = engine.info, model_id(engine)
+        return {
             "id": served,
             "object": "model",
             "created": self.created,
@@ -137,31 +152,31 @@ class SpeechApi:
             "sample_rate": info.sample_rate,
             "response_formats": list(FORMATS),
         }
-        return {"object": "list", "data": [entry]}
 
     async def not_found(self, path: str) -> None:
         raise ApiError(404, f"no such endpoint: /v1/{path}", code="not_found")
 
     async def speech(self, body: SpeechBody, request: Request) -> Response:
-        served = model_id(self.engine)
-        if body.model not in (None, "", served):
+        served = [model_id(e) for e in self.by_task.values()]
+        if body.model not in (None, "", *served):
             raise ApiError(
                 404,
-                f"model: {body.model!r} is not served here; this server serves {served!r}",
+                f"model: {body.model!r} is not served here; this server serves {', '.join(map(repr, served))}",
                 "model",
                 "model_not_found",
             )
+        engine = self.engine_for(body)
         speech = to_speech_request(
             body,
-            self.engine.info,
-            self.engine.config.limits,
+            engine.info,
+            engine.config.limits,
             request_id(request.scope),
             self.voices.get if self.voices is not None else lambda _: None,
         )
-        self.require_ready()
+        self.require_ready(engine)
         if not self.gate.try_enter():
             raise busy_error(f"the server is busy: {self.gate.limit} requests in flight; try again shortly")
-        chunks = self.engine.generate(speech)
+        chunks = engine.generate(speech)
         left = False
 
         async def close() -> None:

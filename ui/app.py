@@ -55,7 +55,9 @@ def create_app(app_state: AppState) -> FastAPI:
     """One server: the HTTP API's routes (over the serving engine), the player's Generate route (`ui.live`), and the
     Gradio app at "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server
     paths."""
-    server = create_server(app_state.engines.serving, voices=app_state.voices)
+    engines = app_state.engines
+    others = [engines.serving_for(task) for task in engines.tasks() if engines.serving_for(task) is not engines.serving]
+    server = create_server(engines.serving, voices=app_state.voices, others=others)
     blocks = build_app(app_state)
     uploads = Uploads(blocks)
 

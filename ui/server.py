@@ -22,7 +22,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +46,14 @@ __all__ = ["ApiLimits", "EdgeLimits", "ServeConfig", "Server", "create_server", 
 log = logging.getLogger("voxtrace.http")
 
 
-def create_server(engine: Engine, limits: ApiLimits | None = None, voices: VoiceLibrary | None = None) -> FastAPI:
-    """The API app over `engine` (which the caller owns and closes), with the voice routes over `voices` (the app's
-    saved voices) when given. `app.state.api` is the `SpeechApi`."""
+def create_server(
+    engine: Engine, limits: ApiLimits | None = None, voices: VoiceLibrary | None = None, others: Sequence[Engine] = ()
+) -> FastAPI:
+    """The API app over `engine` and the engines of other tasks in `others` (the caller owns and closes them all),
+    with the voice routes over `voices` (the app's saved voices) when given. `app.state.api` is the `SpeechApi`."""
     limits = limits or ApiLimits()
     app = FastAPI(title="Voxtrace", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
-    api = SpeechApi(engine, limits, voices)
+    api = SpeechApi(engine, limits, voices, others)
     app.state.api = api
     if voices is not None:  # before the speech API's catch-all under /v1
         app.include_router(VoicesApi(voices, engine).router)
