@@ -74,9 +74,9 @@ sweep() {  # NAME CONFIG FRAMES REQUESTS C... [--capture]: one `profiling.bench 
 swept=()
 # two phases, so that one's conftest failing to import (tests/profiling/conftest.py needs the server's packages)
 # leaves the other's results
-phase tests-engine "${GPU_CHECK_TESTS_S:-180}" "$py" -m pytest -p no:cacheprovider -v -rs --durations=10 \
+phase tests-engine "${GPU_CHECK_TESTS_S:-180}" "$py" -m pytest -p no:cacheprovider -o addopts= -v -rs --durations=10 \
   tests/engine/test_cuda.py
-phase tests-profiling 90 "$py" -m pytest -p no:cacheprovider -v -rs \
+phase tests-profiling 90 "$py" -m pytest -p no:cacheprovider -o addopts= -v -rs \
   tests/profiling/test_gpu_idle.py::test_a_real_cuda_capture_splits_eager_launches_and_a_graph_replay \
   tests/profiling/test_utilization.py::test_a_real_gpu_is_sampled_through_nvml_while_it_works \
   tests/profiling/test_run.py::test_a_captured_cuda_run_splits_gpu_idle_per_stage
