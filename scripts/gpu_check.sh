@@ -72,27 +72,36 @@ sweep() {  # NAME CONFIG FRAMES REQUESTS C... [--capture]: one `profiling.bench 
 }
 
 swept=()
-phase tests 180 "$py" -m pytest -p no:cacheprovider -rs tests/engine/test_cuda.py \
+# two phases, so that one's conftest failing to import (tests/profiling/conftest.py needs the server's packages)
+# leaves the other's results
+phase tests-engine "${GPU_CHECK_TESTS_S:-180}" "$py" -m pytest -p no:cacheprovider -o addopts= -v -rs --durations=10 \
+  tests/engine/test_cuda.py
+phase tests-profiling 90 "$py" -m pytest -p no:cacheprovider -o addopts= -v -rs \
   tests/profiling/test_gpu_idle.py::test_a_real_cuda_capture_splits_eager_launches_and_a_graph_replay \
   tests/profiling/test_utilization.py::test_a_real_gpu_is_sampled_through_nvml_while_it_works \
   tests/profiling/test_run.py::test_a_captured_cuda_run_splits_gpu_idle_per_stage
-cp "$work/tests.log" "$out/pytest.log" && tail -n 25 "$out/pytest.log"
+cat "$work"/tests-*.log >"$out/pytest.log" 2>/dev/null && tail -n 40 "$out/pytest.log"
 
+# GPU_CHECK_SIZES / GPU_CHECK_GRAPHS narrow the sweeps (a rerun of what an earlier check missed);
+# GPU_CHECK_IDLE=0 leaves the captured idle-split sweeps out
+read -ra sizes <<<"${GPU_CHECK_SIZES:-${sizes[*]}}"
+read -ra graph_modes <<<"${GPU_CHECK_GRAPHS:-true false}"
 for size in "${sizes[@]}"; do
   checkpoint="$work/$size-base"
   phase "build-$size" 150 "$py" -m profiling.bench.checkpoint "$checkpoint" --task base --size "$size" \
     --device "$device" --dtype "$dtype" || continue
-  for graphs in true false; do
+  for graphs in "${graph_modes[@]}"; do
     config=$(engine_config "$checkpoint" "$graphs")
     sweep "$size-graphs-$graphs" "$config" "$frames" "$low_requests" "${low[@]}"
     sweep "$size-graphs-$graphs-c$high" "$config" "$frames" "$high" "$high"
-    sweep "$size-graphs-$graphs-idle" "$config" "$idle_frames" "$idle_c" "$idle_c" --capture
+    [[ ${GPU_CHECK_IDLE:-1} == 0 ]] ||
+      sweep "$size-graphs-$graphs-idle" "$config" "$idle_frames" "$idle_c" "$idle_c" --capture
   done
   rm -rf "$checkpoint"
 done
 
 for log in "$work"/*.log; do
-  [[ $log == */tests.log ]] || { echo "===== $(basename "$log")" && cat "$log"; }
+  [[ $log == */tests-*.log ]] || { echo "===== $(basename "$log")" && cat "$log"; }
 done >"$out/bench.log"
 (cd "$work" && tar -czf - --ignore-failed-read ./*/bench.json ./*/bench.csv) >"$out/bench.tar.gz"
 "$py" - "$work" "${swept[@]}" <<'EOF' | tee "$out/summary.csv"
