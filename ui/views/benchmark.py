@@ -151,8 +151,8 @@ def build(app: AppState) -> None:
         "", label="or a server's URL (an OpenAI-compatible speech API, e.g. http://127.0.0.1:8000): swept instead"
     )
     go_button = gr.Button("Run the sweep", variant="primary", elem_id="vx-benchmark")
-    plot = gr.Plot(label="metrics against concurrency")
-    table = gr.Dataframe(headers=COLUMNS, label="results", interactive=False)
+    plot = gr.Plot(label="metrics against concurrency", elem_id="vx-benchmark-chart")
+    table = gr.Dataframe(headers=COLUMNS, label="results", interactive=False, elem_id="vx-benchmark-table")
     files = gr.File(label="results: bench.csv, bench.json, bench.html (charts, opens offline)", file_count="multiple")
 
     async def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008
