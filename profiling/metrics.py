@@ -94,7 +94,8 @@ class RequestMetrics:
     audio_s: float
     underrun_s: float
     underrun_events: int
-    chunks: int
+    chunks: int  # as the engine (or the byte stream) made them, an empty last chunk included
+    audio_chunks: int  # those carrying samples: a player can run dry only between two of them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +121,7 @@ def request_metrics(
         underrun_s=worst,
         underrun_events=events,
         chunks=len(arrivals_s),
+        audio_chunks=sum(n > 0 for n in samples),
     )
 
 
@@ -148,7 +150,8 @@ def percentiles(values: Sequence[float]) -> Percentiles:
 @dataclass(frozen=True)
 class Continuity:
     """The shares (0..1) of multi-chunk requests whose worst underrun is at most 50, 100 and 200 ms; NaN without any
-    such request. A one-chunk request cannot run dry, so it is left out, as sglang-omni does."""
+    such request. A request whose audio came in one chunk cannot run dry, so it is left out, as sglang-omni does
+    (an empty last chunk, sent when a request ends on a chunk boundary, does not make it multi-chunk)."""
 
     c50: float
     c100: float
@@ -198,7 +201,7 @@ def run_metrics(per_request: Sequence[RequestMetrics], wall_s: float) -> RunMetr
         rtf=percentiles([r.rtf for r in per_request]),
         e2e_s=percentiles([r.e2e_s for r in per_request]),
         underrun_s=percentiles([r.underrun_s for r in per_request]),
-        continuity=continuity([r.underrun_s for r in per_request if r.chunks > 1]),
+        continuity=continuity([r.underrun_s for r in per_request if r.audio_chunks > 1]),
     )
 
 

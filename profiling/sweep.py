@@ -211,6 +211,11 @@ def sweep_engine(
     return levels
 
 
+class ServerUnusable(Exception):
+    """A server that answered none of the warm-up requests (unreachable, or refusing them): a sweep would measure
+    only errors. The message says what failed, in words a page can show."""
+
+
 def sweep_url(
     url: str,
     bodies: Callable[[int, int], list[dict[str, Any]]],
@@ -223,12 +228,17 @@ def sweep_url(
     label: str | None = None,
     progress: Progress | None = None,
 ) -> list[Level]:
+    """`bodies(n, offset)` -> request bodies, sent to the server's speech endpoint with at most c in flight per level.
+    The warm-up requests also check the server: when none is answered, `ServerUnusable` stops the sweep before it
+    measures anything."""
     from profiling.speech_client import run_requests, speech_url
 
     url = speech_url(url)
     if warmup:
         tick = (lambda done, total: progress(1)) if progress else None
-        asyncio.run(run_requests(url, bodies(warmup, 0), max(concurrency), progress=tick))
+        streamed, _ = asyncio.run(run_requests(url, bodies(warmup, 0), max(concurrency), progress=tick))
+        if all(s.error for s in streamed):
+            raise ServerUnusable(f"The server at {url} answered no warm-up request: {streamed[0].error}")
     levels = []
     for c in concurrency:
         results = []

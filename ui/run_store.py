@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
 from ui.profiled import ProfiledRun
 
 
@@ -26,7 +28,7 @@ class RunRecord:
     profiled: list[ProfiledRun] = field(default_factory=list)  # one per config; none for a sweep (its files say it)
     files: list[str] = field(default_factory=list)  # downloads (paths)
     summary: dict[str, Any] = field(default_factory=dict)  # the row in the runs table
-    figure: Any = None  # a sweep's chart (a plotly figure), drawn again when the run is opened
+    figure: go.Figure | None = None  # a benchmark's or a tune's chart, drawn again when the run is opened
 
 
 class RunStore:

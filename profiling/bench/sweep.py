@@ -27,7 +27,8 @@ from typing import Any
 
 from engine.request import Task
 from profiling.bench.prompt_set import PROMPT_SET, Job, PromptSet
-from profiling.sweep import Bench, Progress, sweep_engine, sweep_url
+from profiling.metrics import Continuity
+from profiling.sweep import Bench, Progress, ServerUnusable, sweep_engine, sweep_url
 
 
 def _progress_bar(total: int) -> tuple[Progress, Callable[[], None]]:
@@ -108,17 +109,20 @@ def run(args: argparse.Namespace) -> Bench:
                     for j in prompts.jobs(n, offset)
                 ]
 
-            levels = sweep_url(
-                args.url,
-                bodies,
-                args.concurrency,
-                args.requests_per_level,
-                warmup=args.warmup,
-                repeat=args.repeat,
-                sample_rate=args.sample_rate,
-                label=args.label,
-                progress=update,
-            )
+            try:
+                levels = sweep_url(
+                    args.url,
+                    bodies,
+                    args.concurrency,
+                    args.requests_per_level,
+                    warmup=args.warmup,
+                    repeat=args.repeat,
+                    sample_rate=args.sample_rate,
+                    label=args.label,
+                    progress=update,
+                )
+            except ServerUnusable as exc:  # the reason, not a traceback
+                raise SystemExit(f"sweep: {exc}") from None
         else:
             levels = _embedded(args, prompts, modes, meta, update)
     finally:
@@ -168,12 +172,17 @@ def _request(job: Job, task: str, speaker: str | None, max_new: int | None, xvec
     return job.request(task, speaker=speaker, max_new_tokens=max_new, x_vector_only=xvec, request_id=rid)
 
 
+def _shares(c: Continuity) -> str:
+    """C50/C100/C200 as percentages, "-" when no request came in more than one chunk."""
+    return "/".join("-" if v != v else f"{100 * v:.0f}%" for v in (c.c50, c.c100, c.c200))
+
+
 def _report(bench: Bench, paths: dict[str, Path]) -> None:
     for lv in bench.levels:
         m = lv.metrics
         print(
             f"{lv.series:40} c={lv.concurrency:<3} audio s/s {m.audio_s_per_s:7.3f}  ttfa p50 {m.ttfa_s.p50:.3f}s"
-            f"  rtf p50 {m.rtf.p50:.3f}  errors {len(lv.errors)}"
+            f"  rtf p50 {m.rtf.p50:.3f}  C50/C100/C200 {_shares(m.continuity)}  errors {len(lv.errors)}"
             + (f"  cpu {lv.cpu_percent:.0f}%" if lv.cpu_percent == lv.cpu_percent else "")
             + (f"  gpu busy {lv.gpu_busy_percent:.0f}%" if lv.gpu_busy_percent == lv.gpu_busy_percent else "")
             + "".join(f"  {part} {ms:.1f} ms" for part, ms in lv.gpu_idle_ms.items())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from profiling import bench, sweep
 from profiling.bench.checkpoint import build_random
 from profiling.bench.prompt_set import PromptSet
 from profiling.gpu_idle import IdleSplit
+from profiling.metrics import request_metrics
 from profiling.speech_client import run_requests, speech_url
 
 FRAMES = 6
@@ -32,6 +35,9 @@ def check_outputs(out: Path, series: list[str]) -> list[dict]:
         assert level["requests"] == 2
         assert level["audio_s"] == pytest.approx(2 * FRAMES * 0.08)  # every sample of every stream counted
         assert 0 < level["ttfa_s_p50"] <= level["e2e_s_p50"]
+        shares = [level[f"continuity_{c}"] for c in ("c50", "c100", "c200")]
+        assert all(share is None or 0 <= share <= 1 for share in shares)  # None: no multi-chunk request
+    assert {"continuity_c50", "continuity_c100", "continuity_c200"} <= set(rows[0])
     page = (out / "bench.html").read_text()
     assert "Plotly.newPlot" in page and "<script src=" not in page  # plotly.js inlined: opens offline
     return doc["levels"]
@@ -70,8 +76,32 @@ def test_a_level_sums_the_gpu_idle_split_of_its_runs() -> None:
     assert sweep.level_of("s", 1, [sweep.Repeat([], 1.0, [])]).gpu_idle_ms == {}  # nothing captured
 
 
-def test_a_sweep_against_our_http_server(server: str, tmp_path: Path) -> None:
+def test_the_json_and_csv_carry_each_levels_continuity(tmp_path: Path) -> None:
+    rate = 24000
+    steady = request_metrics("steady", 0.0, [0.1, 0.2], [rate, rate], rate)  # never dry
+    late = request_metrics("late", 0.0, [0.1, 0.35], [rate // 10, rate], rate)  # 150 ms dry
+    alone = request_metrics("alone", 0.0, [0.1], [rate], rate)  # one chunk: left out
+    level = sweep.level_of("s", 1, [sweep.Repeat([steady, late, alone], 1.0, [])])
+    out = sweep.Bench([level], {}).write(tmp_path)
+    (row,) = json.loads(out["json"].read_text())["levels"]
+    assert (row["continuity_c50"], row["continuity_c100"], row["continuity_c200"]) == (0.5, 0.5, 1.0)
+    (line,) = csv.DictReader(out["csv"].open())
+    assert (line["continuity_c50"], line["continuity_c100"], line["continuity_c200"]) == ("0.5", "0.5", "1.0")
+
+
+def test_a_sweep_of_a_server_that_cannot_be_reached_stops_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SystemExit, match=f"The server at http://127.0.0.1:{port}/v1/audio/speech answered no warm-up "
+                       "request: could not connect to the server"):  # fmt: skip
+        bench.main(["sweep", "--url", f"http://127.0.0.1:{port}", *SWEEP, "--out", str(tmp_path)])
+    assert not (tmp_path / "bench.json").exists()  # nothing measured, nothing written
+
+
+def test_a_sweep_against_our_http_server(server: str, tmp_path: Path, capsys) -> None:
     bench.main(["sweep", "--url", server, *SWEEP, "--label", "ours", "--out", str(tmp_path)])
+    assert re.search(r"c=1 .* C50/C100/C200 (\d+%|-)/(\d+%|-)/(\d+%|-) ", capsys.readouterr().out)
     levels = check_outputs(tmp_path, ["ours"])
     assert all(level["cpu_percent"] is None for level in levels)  # a server's processes are not ours to sample
 

@@ -82,10 +82,25 @@ def test_continuity_counts_multi_chunk_requests_by_their_worst_underrun():
     assert math.isnan(continuity([]).c50)
 
 
+def test_continuity_of_no_multi_chunk_request_is_nan_and_of_all_dry_requests_zero():
+    none = continuity([])
+    assert none.requests == 0 and all(math.isnan(v) for v in (none.c50, none.c100, none.c200))
+    assert continuity([0.201, 0.3]) == Continuity(0.0, 0.0, 0.0, 2)  # every request ran dry past 200 ms
+    assert continuity([0.0]) == Continuity(1.0, 1.0, 1.0, 1)  # never dry
+    assert continuity((0.06, 0.12)) == Continuity(0.0, 0.5, 1.0, 2)  # any sequence, shares rise with the bound
+
+
 def test_one_chunk_requests_are_left_out_of_continuity():
     one = request_metrics("one", 0.0, [0.5], [RATE], RATE)
     late = request_metrics("late", 0.0, [0.1, 0.6], [int(0.1 * RATE), RATE], RATE)  # 400 ms dry
     assert run_metrics([one, late], wall_s=1.0).continuity == Continuity(0.0, 0.0, 0.0, 1)
+
+
+def test_an_empty_last_chunk_does_not_make_a_request_multi_chunk():
+    # a request that ended on a chunk boundary: its audio in one chunk, then an empty last one
+    ended = request_metrics("ended", 0.0, [0.1, 0.2], [RATE, 0], RATE)
+    assert (ended.chunks, ended.audio_chunks) == (2, 1)
+    assert run_metrics([ended], wall_s=1.0).continuity.requests == 0
 
 
 def test_server_side_metrics_come_from_the_timeline(run: Timeline):

@@ -204,10 +204,10 @@ def test_the_runs_of_this_session_open_again(client: Client) -> None:
     assert any(f.endswith("trace.json") for f in files)
     sweep = next(row[0] for row in table["data"] if row[1] == "benchmark")
     _, chart, util, overhead, _ = client.predict(sweep, api_name="/open_run")
-    assert chart is not None and util is None and overhead is None  # its own chart, nothing of the run before
+    assert chart["value"] is not None and util["value"] is None and overhead["value"] is None  # its own chart only
     comparison = next(row[0] for row in table["data"] if row[1] == "compare")
     _, timelines, util, overhead, _ = client.predict(comparison, api_name="/open_run")
-    assert timelines is not None and util is None and overhead is None
+    assert timelines["value"] is not None and util["value"] is None and overhead["value"] is None
 
 
 # -- what a page may not do ------------------------------------------------------------------------------------------

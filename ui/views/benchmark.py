@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from profiling.figures import concurrency_figure
 from profiling.speech_client import check_server_url
-from profiling.sweep import Bench, sweep_url
+from profiling.sweep import Bench, ServerUnusable, sweep_url
 from ui.describe import describe
 from ui.engines import preset_configs
 from ui.lab import LabUnavailable
@@ -64,8 +64,11 @@ def parse_levels(text: str) -> list[int]:
 
 
 def rounded(value: Any) -> Any:
-    """A table cell as people read it: floats to 3 significant digits (0.0123, 1.23, 123)."""
-    return float(f"{value:.3g}") if isinstance(value, float) else value
+    """A table cell as people read it: floats to 3 significant digits (0.0123, 1.23, 123); NaN (a figure no request
+    gave, such as C50 when none came in more than one chunk) as an empty cell."""
+    if not isinstance(value, float):
+        return value
+    return None if value != value else float(f"{value:.3g}")
 
 
 async def benchmark(
@@ -87,22 +90,23 @@ async def benchmark(
             url = check_server_url(form.url)
         except ValueError as exc:
             raise gr.Error(f"server URL: {exc}") from exc
-        run_id, run_dir = app.runs.new_dir("benchmark")
-        total, done = len(concurrencies) * n, 0
+        total, done = 1 + len(concurrencies) * n, 0  # one warm-up request first: it also checks the server
 
         def tick(_: int) -> None:
             nonlocal done
             done += 1
             report(done / total, f"{done}/{total} requests")
 
-        levels = await asyncio.to_thread(
-            sweep_url, url, work.bodies, concurrencies, n, sample_rate=app.engines.info.sample_rate, label=url,
-            progress=tick,
-        )  # fmt: skip
+        try:
+            levels = await asyncio.to_thread(
+                sweep_url, url, work.bodies, concurrencies, n, warmup=1, sample_rate=app.engines.info.sample_rate,
+                label=url, progress=tick,
+            )  # fmt: skip
+        except ServerUnusable as exc:
+            raise gr.Error(str(exc)) from None
+        run_id, run_dir = app.runs.new_dir("benchmark")
         bench = Bench(levels, {"target": url, "configs": [url]})
         paths, config = bench.write(run_dir), f"remote: {url}"
-        if all(level.errors for level in levels):
-            raise gr.Error(f"The server at {url} answered no request: {levels[0].errors[0]}")
     else:
         presets = preset_configs(app.engines.config)
         unknown = [c for c in form.configs or [] if c not in presets]
@@ -147,8 +151,8 @@ def build(app: AppState) -> None:
         "", label="or a server's URL (an OpenAI-compatible speech API, e.g. http://127.0.0.1:8000): swept instead"
     )
     go_button = gr.Button("Run the sweep", variant="primary", elem_id="vx-benchmark")
-    plot = gr.Plot(label="metrics against concurrency")
-    table = gr.Dataframe(headers=COLUMNS, label="results", interactive=False)
+    plot = gr.Plot(label="metrics against concurrency", elem_id="vx-benchmark-chart")
+    table = gr.Dataframe(headers=COLUMNS, label="results", interactive=False, elem_id="vx-benchmark-table")
     files = gr.File(label="results: bench.csv, bench.json, bench.html (charts, opens offline)", file_count="multiple")
 
     async def run(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008

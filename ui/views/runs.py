@@ -33,21 +33,28 @@ def refresh(runs: RunStore) -> tuple[Any, Any]:
     return table(runs), gr.update(choices=ids, value=ids[0] if ids else None)
 
 
+ONE_RUN = ("timeline", "utilization", "overhead breakdown")
+CHARTS = {"benchmark": "metrics against concurrency", "tune": "the search: every candidate measured"}
+
+
 def open_run(runs: RunStore, run_id: str | None) -> tuple[Any, ...]:
-    """The run's cards, its timeline (both, for a comparison; a sweep's chart), utilization and overhead, and its
-    files; a chart the run does not have is cleared, so nothing of the run shown before stays on screen."""
+    """The run's cards, its figures and its files. Every plot is set on every open (the run's own figure, or cleared
+    and hidden where the run has none), so nothing of the run shown before stays on screen."""
     record = runs.get(run_id or "")
     if record is None:
         raise gr.Error(f"no run {run_id!r} in this session")
-    if not record.profiled:  # a benchmark (its chart) or a tune: the rest is in its files
-        return f"{record.title}: see the files.", record.figure, None, None, record.files
-    if len(record.profiled) == 2:  # a comparison: both timelines on one axis, nothing of another run
-        a, b = record.profiled
-        return f"{record.title}", shared_timeline(a, b), None, None, record.files
-    run = record.profiled[0]
-    timeline, util, overhead = figures(run)
-    seed = next(iter(run.seeds.values()), None)
-    return request_cards(run.result.per_request[0], seed, run.heard), timeline, util, overhead, record.files
+    if not record.profiled:  # a benchmark or a tune: its chart; the rest is in its files
+        cards, shown = f"{record.title}: see the files.", (record.figure, None, None)
+        labels = (CHARTS.get(record.kind, "chart"), "", "")
+    elif len(record.profiled) == 2:  # a comparison: both timelines on one axis
+        cards, shown = record.title, (shared_timeline(*record.profiled), None, None)
+        labels = ("both timelines, on one axis", "", "")
+    else:
+        run = record.profiled[0]
+        seed = next(iter(run.seeds.values()), None)
+        cards, shown, labels = request_cards(run.result.per_request[0], seed, run.heard), figures(run), ONE_RUN
+    plots = [gr.update(value=f, label=label, visible=f is not None) for f, label in zip(shown, labels, strict=True)]
+    return cards, *plots, record.files
 
 
 def build(runs: RunStore) -> tuple[gr.Dataframe, gr.Dropdown]:
@@ -58,9 +65,7 @@ def build(runs: RunStore) -> tuple[gr.Dataframe, gr.Dropdown]:
         choice = gr.Dropdown([], label="run", allow_custom_value=True)
         open_button = gr.Button("open", variant="primary", elem_id="vx-open-run")
     cards = gr.HTML()
-    timeline = gr.Plot(label="timeline")
-    util = gr.Plot(label="utilization")
-    overhead = gr.Plot(label="overhead breakdown")
+    timeline, util, overhead = (gr.Plot(label=label, elem_id=f"vx-run-plot-{i}") for i, label in enumerate(ONE_RUN))
     files = gr.File(
         label="audio, Perfetto trace (ui.perfetto.dev), TensorBoard folder (zip), metrics", file_count="multiple"
     )

@@ -1,0 +1,57 @@
+"""A small benchmark in a real browser (headless Chromium through Playwright): the sweep's chart ticks concurrency at
+whole numbers, its table is rounded, and the run opens again in Runs with its chart and nothing else."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ui.conftest import RunningApp
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+
+if not CHROMIUM.exists():
+    reason = "no /usr/bin/chromium (Debian's chromium package; .ci/run installs it)"
+    if os.environ.get("VOXTRACE_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"VOXTRACE_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def x_ticks(page: Any, plot: str) -> set[str]:
+    """The concurrency axes' tick labels of a drawn plotly chart."""
+    page.locator(f"{plot} .js-plotly-plot .xtick text").first.wait_for(timeout=60_000)
+    return set(page.locator(f"{plot} .js-plotly-plot .xtick text").all_text_contents())
+
+
+def test_a_small_benchmark_shows_whole_concurrency_levels_and_opens_again_in_runs(running_app: RunningApp) -> None:
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(running_app.url + "/")
+            page.get_by_role("tab", name="Benchmark").click()
+            page.get_by_label("concurrency levels").fill("1,2")
+            page.get_by_label("requests per level").fill("2")
+            page.get_by_label("max frames per request").fill("6")
+            page.locator("#vx-benchmark").click()
+            assert x_ticks(page, "#vx-benchmark-chart") == {"1", "2"}  # no 1.2, 1.4 ...
+            cells = page.locator("#vx-benchmark-table tbody td").all_inner_texts()
+            assert cells and not [c for c in cells if re.search(r"\d\.\d{4,}", c)]  # rounded to 3 digits
+            run_id = running_app.state.runs.newest_first()[0].id
+            assert run_id.startswith("benchmark-")
+
+            page.get_by_role("tab", name="Runs").click()  # the tab's list picks the newest run: this sweep
+            sync_api.expect(page.get_by_role("listbox", name="run")).to_have_value(run_id, timeout=30_000)
+            page.locator("#vx-open-run").click()
+            assert x_ticks(page, "#vx-run-plot-0") == {"1", "2"}  # its own chart again
+            sync_api.expect(page.locator("#vx-run-plot-1")).to_be_hidden()  # no utilization of another run
+            sync_api.expect(page.locator("#vx-run-plot-2")).to_be_hidden()
+        finally:
+            browser.close()
