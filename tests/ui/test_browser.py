@@ -8,22 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.ui.browser import launch, playwright
 from tests.ui.conftest import RunningApp
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
 
-if not CHROMIUM.exists():
-    reason = "no /usr/bin/chromium (Debian's chromium package; .ci/run installs it)"
-    if os.environ.get("VOXTRACE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"VOXTRACE_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason, allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright()
 
 
 def generate(page: Any) -> dict[str, Any]:
@@ -39,7 +30,7 @@ def generate(page: Any) -> dict[str, Any]:
 
 def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp, clips: dict[str, Path]) -> None:
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(running_app.url + "/")
@@ -81,7 +72,7 @@ def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp
 
 def test_two_pages_keep_their_own_task_and_a_phone_gets_the_player_under_generate(running_app: RunningApp) -> None:
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch(p)
         try:
             a = browser.new_page(viewport={"width": 1400, "height": 1000})
             a.goto(running_app.url + "/")
@@ -118,7 +109,7 @@ def test_saved_voices_are_listed_after_a_reload_and_shown_when_picked(
     running_app.state.voices.save(SavedVoice("kept voice", clips["mono"].read_bytes(), None, True))
     try:
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            browser = launch(p)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(running_app.url + "/")

@@ -3,25 +3,13 @@ whole numbers, its table is rounded, and the run opens again in Runs with its ch
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.ui.browser import launch, playwright
 from tests.ui.conftest import RunningApp
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
-
-if not CHROMIUM.exists():
-    reason = "no /usr/bin/chromium (Debian's chromium package; .ci/run installs it)"
-    if os.environ.get("VOXTRACE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"VOXTRACE_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason, allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright()
 
 
 def x_ticks(page: Any, plot: str) -> set[str]:
@@ -32,7 +20,7 @@ def x_ticks(page: Any, plot: str) -> set[str]:
 
 def test_a_small_benchmark_shows_whole_concurrency_levels_and_opens_again_in_runs(running_app: RunningApp) -> None:
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(running_app.url + "/")

@@ -4,30 +4,21 @@ engines and the downloads named by side. The screenshot is kept in artifacts/com
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
-
+from tests.ui.browser import launch, playwright
 from tests.ui.conftest import RunningApp
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
-if not CHROMIUM.exists():
-    reason = "no /usr/bin/chromium (Debian's chromium package; .ci/run installs it)"
-    if os.environ.get("VOXTRACE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError(f"VOXTRACE_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason, allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright()
 
 
 def test_our_engine_against_a_remote_server_by_url(running_app: RunningApp) -> None:
     port = running_app.url.rsplit(":", 1)[1]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(running_app.url + "/")

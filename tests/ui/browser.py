@@ -1,0 +1,30 @@
+"""What the browser tests share: Debian's chromium (Playwright downloads no browser here) and its flags. Without it
+the browser tests skip, except under VOXTRACE_REQUIRE_BROWSER=1 (CI), where its absence is an error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
+
+
+def playwright() -> ModuleType:
+    """Playwright's sync API, for a test module to call at import: skips the module when there is no browser."""
+    if not CHROMIUM.exists():
+        reason = f"no {CHROMIUM} (Debian's chromium package; .ci/run installs it)"
+        if os.environ.get("VOXTRACE_REQUIRE_BROWSER") == "1":
+            raise RuntimeError(f"VOXTRACE_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason, allow_module_level=True)
+    return pytest.importorskip("playwright.sync_api")
+
+
+def launch(p: Any) -> Any:
+    """Headless chromium from a running `sync_playwright()`."""
+    return p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
