@@ -47,6 +47,7 @@ def build_app(app_state: AppState) -> gr.Blocks:
             None,
             [saved, header],
             api_visibility="private",
+            show_progress="hidden",  # a progress overlay left on the hidden voice box (another task) blocks the picker
         )
     return app
 
