@@ -38,6 +38,11 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
         "(127.0.0.1, localhost, [::1]); required when --host is beyond this machine",
     )
     p.add_argument(
+        "--remote-servers",
+        help="comma-separated speech server URLs that Compare and Benchmark may send requests to, or '*' for any; "
+        "default: any while the app answers only loopback names, else none",
+    )
+    p.add_argument(
         "--grace-s",
         type=seconds,
         default=10.0,
@@ -78,6 +83,14 @@ def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
     return LOOPBACK_HOSTS
 
 
+def remote_servers(args: argparse.Namespace, hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """The remote servers a page may name (`ui.remotes`): as given, else any for an app only this machine's visitors
+    reach (they could reach those servers themselves), else none."""
+    if args.remote_servers is not None:
+        return tuple(url.strip() for url in args.remote_servers.split(",") if url.strip())
+    return ("*",) if hosts == LOOPBACK_HOSTS else ()
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     """The serving engine's config; its close is bounded by the server's grace."""
     config = EngineConfig.from_yaml(args.config) if args.config else EngineConfig()
@@ -91,11 +104,16 @@ def serve(argv: list[str]) -> int:
     args = parse_serve_args(argv)  # before the app's imports (gradio: seconds), so that --help answers at once
     from ui.app import create_app
     from ui.describe import describe
+    from ui.remotes import RemoteServers
     from ui.server import ServeConfig
     from ui.server import serve as serve_app
     from ui.state import AppState
 
     hosts = allowed_hosts(args)
+    try:
+        remotes = RemoteServers(remote_servers(args, hosts))
+    except ValueError as exc:
+        raise SystemExit(f"--remote-servers: {exc}") from None
     served = ServeConfig(host=args.host, port=args.port, grace_s=args.grace_s, edge=EdgeLimits(allowed_hosts=hosts))
     try:
         config = engine_config(args)
@@ -104,14 +122,15 @@ def serve(argv: list[str]) -> int:
                   file=sys.stderr)  # fmt: skip
         print(f"Starting the engine ({describe(config)}) …", file=sys.stderr)
         t0 = time.perf_counter()
-        app_state = AppState.start(config)  # talker sizes the config leaves out: what fits this machine (the plan)
+        app_state = AppState.start(config, remotes=remotes)  # talker sizes left out: what fits this machine (the plan)
     except ConfigError as exc:  # a bad key, or a shape that does not fit in memory: refused before any weight loads
         raise SystemExit(f"The engine config cannot be used: {exc}") from None
     print(app_state.engines.serving.memory.describe(), file=sys.stderr)
     print(f"Engine ready in {time.perf_counter() - t0:.1f} s. The app is at /, the API at POST /v1/audio/speech, "
           "health at /health and /ready.", file=sys.stderr)  # fmt: skip
     which = "any Host (--allowed-hosts '*')" if "*" in hosts else f"Host {', '.join(hosts)} (any port)"
-    print(f"Answering requests for {which}; others get 400.", file=sys.stderr)
+    print(f"Answering requests for {which}; others get 400. Remote servers for Compare and Benchmark: "
+          f"{remotes.describe()}.", file=sys.stderr)  # fmt: skip
     serve_app(create_app(app_state), served, on_shutdown=app_state.close)
     return 0
 

@@ -74,7 +74,8 @@ def main() -> None:
                 ttfa = float(cards[cards.index("time to first audio (engine)") - 1].removesuffix(" ms"))
                 rows.append((stats["firstSoundMs"], ttfa, stats["underruns"], stats["marginMs"]))
                 print(f"run {i + 1}: first sound {stats['firstSoundMs']:.0f} ms, engine TTFA {ttfa:.0f} ms, "
-                      f"lead {stats['marginMs']:.0f} ms, underruns {stats['underruns']}")  # fmt: skip
+                      f"lead {stats['marginMs']:.0f} ms, underruns {stats['underruns']} "
+                      f"(sink: {stats['host']}, started at the click: {stats['early']})")  # fmt: skip
             browser.close()
     finally:
         server.should_exit = True

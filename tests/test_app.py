@@ -72,6 +72,7 @@ def test_app_serves_the_page_the_api_and_health_on_one_port_for_the_hosts_it_is_
         url = app.serving_url()
         assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
         assert "Answering requests for Host 127.0.0.1, tts.example (any port)" in app.stderr
+        assert "Remote servers for Compare and Benchmark: off (--remote-servers)" in app.stderr  # no SSRF by default
         assert "memory plan (cpu, float32)" in app.stderr  # the talker's KV cache and what each process holds
         assert httpx.get(url + "/ready", timeout=5).json()["status"] == "ready"
         page = httpx.get(url + "/", timeout=5)

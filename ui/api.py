@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from engine import AudioChunk, Engine, EngineError, RequestError, Task
 from ui.api_schema import ApiError, SpeechBody, busy_error, engine_error, to_speech_request, unavailable_error
 from ui.audio_formats import CONTENT_TYPES, FORMATS, encode, to_pcm16, wav_stream_header
+from ui.describe import model_id
 from ui.edge import REQUEST_ID_HEADER, log_error, request_id
 from ui.health import down_stages
 from ui.voices import VoiceLibrary
@@ -83,14 +84,6 @@ class AudioStream(StreamingResponse):
             log_error(scope, error.status, f"the stream was cut: {error.for_log()}")
         finally:
             await self.on_close()
-
-
-def model_id(engine: Engine) -> str:
-    """The served model's name: the Hub id or folder name it was loaded from (the tiny model: `tiny-<task>`)."""
-    if engine.config.model is None:
-        return f"tiny-{engine.config.tiny_task}"
-    name = engine.config.model
-    return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
 
 
 def timing_headers(rid: str, first: AudioChunk) -> dict[str, str]:

@@ -32,7 +32,7 @@ def build_app(app_state: AppState) -> gr.Blocks:
         if engines.info.tiny:
             gr.HTML(RANDOM_WEIGHTS)
         with gr.Tab("Synthesize"):
-            saved = synthesize.build(app_state, uploads, header)
+            saved = synthesize.build(app, app_state, uploads, header)
         with gr.Tab("Compare"):
             compare.build(app_state, uploads)
         with gr.Tab("Benchmark"):
@@ -57,8 +57,7 @@ def create_app(app_state: AppState) -> FastAPI:
     Gradio app at "/". Only `gr.Error` messages reach a page (show_error=False): other exceptions' text may name server
     paths."""
     engines = app_state.engines
-    others = [engines.serving_for(task) for task in engines.tasks() if engines.serving_for(task) is not engines.serving]
-    server = create_server(engines.serving, voices=app_state.voices, others=others)
+    server = create_server(engines.serving, voices=app_state.voices, others=engines.others())
     blocks = build_app(app_state)
     uploads = Uploads(blocks)
 

@@ -72,6 +72,10 @@ class Engines:
         """The tasks served: the checkpoint's own, or every task for the tiny model."""
         return list(self._by_task)
 
+    def others(self) -> list[Engine]:
+        """The serving engines beside `serving`: the other tasks' (the embedded tiny model's), none for a checkpoint."""
+        return [engine for engine in self._by_task.values() if engine is not self.serving]
+
     def serving_for(self, task: str | Task) -> Engine:
         """The serving engine of `task` (the checkpoint's own engine for a task it does not serve: the request's
         validation refuses it by name)."""

@@ -58,7 +58,7 @@ def create_server(
     if voices is not None:  # before the speech API's catch-all under /v1
         app.include_router(VoicesApi(voices, engine).router)
     app.include_router(api.router)
-    app.include_router(health_router(engine))
+    app.include_router(health_router(engine, others))
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

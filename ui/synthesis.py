@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import time
+import typing
 from typing import Any
 
 import gradio as gr
@@ -186,23 +187,22 @@ def form_from_json(raw: dict[str, Any]) -> SynthesisForm:
     """The form as the page's player posts it (`ui.live`): every field present with its type, else `RunError` naming
     it. A clip is the upload's path, as Gradio's audio component holds it ({"path": ...})."""
     values = {}
-    for f in dataclasses.fields(SynthesisForm):
-        value = raw.get(f.name)
-        if f.name == "ref_audio" and isinstance(value, dict):
+    for name, kind in typing.get_type_hints(SynthesisForm).items():
+        value = raw.get(name)
+        if name == "ref_audio" and isinstance(value, dict):
             value = value.get("path")
-        kind = str(f.type)
-        if value is None and "None" in kind:
-            values[f.name] = None
-            continue
-        if value is None and kind == "str":  # a hidden field (not the task's) comes as null
-            value = ""
-        if kind.startswith("bool"):
+        if value is None:  # a field the page hides (not the task's) comes as null
+            if type(None) in typing.get_args(kind):
+                values[name] = None
+                continue
+            value = "" if kind is str else value
+        if kind is bool:
             ok = isinstance(value, bool)
-        elif kind.startswith("float"):
+        elif float in (kind, *typing.get_args(kind)):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         else:
             ok = isinstance(value, str)
         if not ok:
-            raise RunError(f"{f.name}: missing or of the wrong type")
-        values[f.name] = value
+            raise RunError(f"{name}: missing or of the wrong type")
+        values[name] = value
     return SynthesisForm(**values)

@@ -25,6 +25,6 @@ def playwright() -> ModuleType:
     return pytest.importorskip("playwright.sync_api")
 
 
-def launch(p: Any) -> Any:
-    """Headless chromium from a running `sync_playwright()`."""
-    return p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+def launch(p: Any, *args: str) -> Any:
+    """Headless chromium from a running `sync_playwright()`, with `args` added to the usual flags."""
+    return p.chromium.launch(executable_path=str(CHROMIUM), args=[*ARGS, *args])

@@ -14,6 +14,7 @@ import uvicorn
 
 from engine import EngineConfig
 from ui.app import create_app
+from ui.remotes import ANY, RemoteServers
 from ui.state import AppState
 
 
@@ -32,7 +33,10 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     state = AppState.start(
-        EngineConfig(), runs_dir=tmp_path_factory.mktemp("runs"), data_dir=tmp_path_factory.mktemp("data")
+        EngineConfig(),
+        runs_dir=tmp_path_factory.mktemp("runs"),
+        data_dir=tmp_path_factory.mktemp("data"),
+        remotes=RemoteServers((ANY,)),  # a local app's default (app.py): its visitors are this machine's
     )
     port = free_port()
     config = uvicorn.Config(

@@ -24,3 +24,15 @@ def test_every_task_of_the_tiny_model_is_served_by_its_own_engine(running_app: R
         )
         assert answer.status_code == 200, answer.text
         assert len(answer.content) == 3 * 1920 * 2  # 4 draws -> 3 frames, s16le
+
+
+def test_ready_covers_every_tasks_engine(running_app: RunningApp) -> None:
+    ready = httpx.get(running_app.url + "/ready", timeout=30)
+    assert ready.status_code == 200 and ready.json()["stages"] == {
+        "talker": True,
+        "code2wav": True,
+        "tiny-custom_voice/talker": True,
+        "tiny-custom_voice/code2wav": True,
+        "tiny-voice_design/talker": True,
+        "tiny-voice_design/code2wav": True,
+    }

@@ -57,6 +57,9 @@ def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp
             assert f"{stats['firstSoundMs']:.0f} ms" in cards  # what the player measured reached the run
             page.locator("#vx-timeline .js-plotly-plot").wait_for(timeout=30_000)
             assert page.locator(".vx-replay").get_attribute("src").startswith("blob:")
+            assert stats["host"] == "worklet"  # 127.0.0.1 is a secure context: the audio thread plays the stream
+            again = generate(page)  # nothing changed since: the click itself started the run
+            assert again["early"] and again["error"] is None and again["samples"] == stats["samples"]
             shot = ROOT / "artifacts" / "screenshot.png"
             shot.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
@@ -68,6 +71,42 @@ def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp
         image = Image.open(shot).convert("RGB")
         image = image.crop((0, 0, image.width, min(image.height, 1500)))
         image.resize((image.width * 2 // 3, image.height * 2 // 3)).quantize(128).save(ROOT / "docs" / "screenshot.png")
+
+
+def test_a_page_over_plain_http_from_another_host_plays_and_a_second_click_replaces_the_first(
+    running_app: RunningApp,
+) -> None:
+    """No AudioWorklet outside a secure context (http from a name that is not localhost): the fallback sink plays."""
+    with sync_api.sync_playwright() as p:
+        browser = launch(p, "--host-resolver-rules=MAP voxtrace.test 127.0.0.1")
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(running_app.url.replace("127.0.0.1", "voxtrace.test") + "/")
+            assert page.evaluate("window.isSecureContext") is False
+            page.get_by_label("custom_voice").check()
+            page.wait_for_function("document.querySelector('#vx-guide').innerText.includes('Pick a speaker')")
+            page.get_by_role("button", name="sampling").click()
+            page.get_by_label("max frames (80 ms each)").fill("12")
+            stats = generate(page)
+            assert stats["error"] is None and stats["host"] == "script" and stats["samples"] == 11 * 1920
+            assert page.locator("#vx-cards").inner_text().count("first sound (in your browser") == 1
+            page.get_by_label("max frames (80 ms each)").fill("200")  # a long run (16 s), still streaming ...
+            page.get_by_label("text").first.fill("A long text to read aloud. " * 12)
+            page.evaluate("window.vxPlayerStats = null")
+            page.locator("#vx-generate").click()
+            page.wait_for_function("window.vxPlayerStats && window.vxPlayerStats.chunks > 0")
+            page.evaluate("window.vxFirst = window.vxPlayerStats")
+            page.get_by_label("max frames (80 ms each)").fill("12")
+            second = generate(page)  # ... when a second click takes the player over
+            assert second["error"] is None and second["samples"] == 11 * 1920
+            assert page.evaluate("window.vxFirst.done") is False  # the first was stopped, not played out
+            page.wait_for_function(
+                "([ms]) => document.querySelector('#vx-cards').innerText.includes(ms)",
+                arg=[f"{second['firstSoundMs']:.0f} ms"],
+            )  # the page shows the second run, whatever order the two events ended in
+            assert page.locator(".vx-player").get_attribute("data-state") == "done"
+        finally:
+            browser.close()
 
 
 def test_two_pages_keep_their_own_task_and_a_phone_gets_the_player_under_generate(running_app: RunningApp) -> None:

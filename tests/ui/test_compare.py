@@ -5,6 +5,7 @@ warm by a second click, and a URL that is wrong, unreachable or answers an error
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from engine import EngineConfig
 from tests.ui.live_server import Live, serving
 from ui.engines import preset_configs
+from ui.remotes import ANY, RemoteServers
 from ui.server import create_server
 from ui.state import AppState
 from ui.uploads import Uploads
@@ -28,7 +30,7 @@ OTHER = "default.yaml"  # also uni-uni, with other limits: a second lab engine t
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppState]:
     """One app for the module: its serving engine takes seconds to build."""
     root = tmp_path_factory.mktemp("compare")
-    app = AppState.start(EngineConfig(), runs_dir=root / "runs", data_dir=root / "data")
+    app = AppState.start(EngineConfig(), runs_dir=root / "runs", data_dir=root / "data", remotes=RemoteServers((ANY,)))
     yield app
     app.close()
 
@@ -132,3 +134,13 @@ def test_a_server_that_cannot_be_reached_or_answers_an_error_is_named_in_words(a
     with pytest.raises(gr.Error) as refused:
         click(app, url_a=remote.url + "/not-the-api")
     assert refused.value.message == f"A · {remote.url}/not-the-api: HTTP 404: Not Found"
+
+
+def test_a_server_the_operator_did_not_allow_is_refused_by_name(app: AppState, remote: Live) -> None:
+    """The page cannot make this server send requests to a host of its choosing (`--remote-servers`)."""
+    other = remote.url.rsplit(":", 1)[0] + ":9"
+    only_remote = dataclasses.replace(app, remotes=RemoteServers((remote.url,)))
+    with pytest.raises(gr.Error, match=f"A: this app may reach only {remote.url}"):
+        click(only_remote, url_a=other)
+    with pytest.raises(gr.Error, match="B: remote servers are off on this app"):
+        click(dataclasses.replace(app, remotes=RemoteServers()), url_b=remote.url)

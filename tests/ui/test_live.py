@@ -64,6 +64,9 @@ def test_the_player_gets_every_engine_chunk_and_the_page_gets_the_run(running_ap
     [
         ({**FORM, "text": ""}, "the text is empty"),  # the engine's own refusal, before any audio
         ({**FORM, "temperature": "hot"}, "temperature: missing or of the wrong type"),
+        ({**FORM, "seed": True}, "seed: missing or of the wrong type"),  # a bool is no number
+        ({**FORM, "do_sample": None}, "do_sample: missing or of the wrong type"),  # only text may come as null
+        ({k: v for k, v in FORM.items() if k != "max_new_tokens"}, "max_new_tokens: missing"),
         ({**FORM, "task": "voice_clone"}, "ref_audio"),  # a clone without a clip
         ([1, 2], "the body must be a JSON object"),
     ],

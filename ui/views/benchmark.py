@@ -14,7 +14,6 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from profiling.figures import concurrency_figure
-from profiling.speech_client import check_server_url
 from profiling.sweep import Bench, ServerUnusable, sweep_url
 from ui.describe import describe
 from ui.engines import preset_configs
@@ -87,7 +86,7 @@ async def benchmark(
 
     if form.url.strip():
         try:
-            url = check_server_url(form.url)
+            url = app.remotes.check(form.url)
         except ValueError as exc:
             raise gr.Error(f"server URL: {exc}") from exc
         total, done = 1 + len(concurrencies) * n, 0  # one warm-up request first: it also checks the server
@@ -148,7 +147,9 @@ def build(app: AppState) -> None:
         c["max_new_tokens"] = gr.Number(24, precision=0, minimum=2, label="max frames per request")
     c["text"] = gr.Textbox("A benchmark sentence of ordinary length.", label="text")
     c["url"] = gr.Textbox(
-        "", label="or a server's URL (an OpenAI-compatible speech API, e.g. http://127.0.0.1:8000): swept instead"
+        "",
+        label="or a server's URL (an OpenAI-compatible speech API, e.g. http://127.0.0.1:8000): swept instead; "
+        f"allowed: {app.remotes.describe()}",
     )
     go_button = gr.Button("Run the sweep", variant="primary", elem_id="vx-benchmark")
     plot = gr.Plot(label="metrics against concurrency", elem_id="vx-benchmark-chart")

@@ -18,11 +18,11 @@ from plotly.subplots import make_subplots
 
 from engine import EngineConfig, EngineError, RequestError
 from profiling.figures import timeline_figure
-from profiling.speech_client import check_server_url
 from ui.describe import describe
 from ui.engines import preset_configs
 from ui.lab import LabUnavailable
 from ui.profiled import ProfiledRun, run_requests, run_url
+from ui.remotes import RemoteServers
 from ui.run_store import RunRecord
 from ui.state import AppState
 from ui.uploads import Uploads
@@ -74,13 +74,13 @@ class Side:
         return f"remote: {self.url}" if self.config is None else f"lab: {describe(self.config)}"
 
 
-def sides(presets: dict[str, EngineConfig], form: CompareForm) -> list[Side]:
-    """The form's two sides; a bad URL or an unknown config is refused by name."""
+def sides(presets: dict[str, EngineConfig], form: CompareForm, remotes: RemoteServers) -> list[Side]:
+    """The form's two sides; a bad URL (or one `remotes` does not allow) or an unknown config is refused by name."""
     out = []
     for name, choice, url in (("A", form.config_a, form.url_a), ("B", form.config_b, form.url_b)):
         if url and url.strip():
             try:
-                url = check_server_url(url)
+                url = remotes.check(url)
             except ValueError as exc:
                 raise gr.Error(f"{name}: {exc}") from None
             host = re.sub(r"[^A-Za-z0-9.]+", "-", url.split("://", 1)[1]).strip("-")
@@ -164,7 +164,7 @@ async def compare(
     app: AppState, uploads: Uploads, form: CompareForm, progress: gr.Progress | None = None
 ) -> tuple[go.Figure, list[list[Any]], str, list[str]]:
     """Both sides in turn; (timelines, metrics table, verdict, downloads)."""
-    pair = sides(preset_configs(app.engines.config), form)
+    pair = sides(preset_configs(app.engines.config), form, app.remotes)
     clip = uploads.read(form.clip)
     work = Workload.of(app.engines.info, form.text, int(form.max_new_tokens), clip)
     run_id, run_dir = app.runs.new_dir("compare")
@@ -217,7 +217,10 @@ def named(path: Path, link: Path) -> Path:
 def build(app: AppState, uploads: Uploads) -> None:
     names = list(preset_configs(app.engines.config))
     c: dict[str, gr.components.Component] = {}  # the form's components, by field name
-    url_label = "or a remote OpenAI-compatible speech server (its URL, e.g. http://host:8000; empty: the config)"
+    url_label = (
+        "or a remote OpenAI-compatible speech server (its URL, e.g. http://host:8000; empty: the config; "
+        f"allowed: {app.remotes.describe()})"
+    )
     with gr.Row():
         with gr.Column():
             c["config_a"] = gr.Dropdown(names, value=names[0], label="A: config")

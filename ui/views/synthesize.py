@@ -17,7 +17,7 @@ from engine.request import TASKS
 from ui.engines import Engines
 from ui.heard import Heard
 from ui.live import RunError
-from ui.player import PLAYER_JS, PLAYER_TEMPLATE, click_js
+from ui.player import PLAYER_TEMPLATE, click_js, form_mirror_js, player_js
 from ui.state import AppState
 from ui.synthesis import Synthesis, SynthesisForm, run_synthesis
 from ui.uploads import MAX_UPLOAD_MB, Uploads
@@ -79,6 +79,8 @@ async def collect(app: AppState, live: str, capture: bool) -> tuple[Any, ...]:
         report = json.loads(live)
         if not isinstance(report, dict):
             raise ValueError("not an object")
+        if report.get("replaced"):  # a later click's run took the player over: that run's event shows it
+            return (gr.skip(),) * (1 + len(CLEARED))
         if "error" in report:
             return (str(report["error"])[:500], *CLEARED)
         heard = Heard.parse(report.get("heard"))
@@ -161,10 +163,11 @@ def task_fields(engines: Engines, task: str) -> tuple[Any, ...]:
     )
 
 
-def build(app: AppState, uploads: Uploads, header: gr.Markdown) -> gr.Dropdown:
-    """The view; returns the saved-voice picker, which the app refreshes when a page loads. `header` (the serving
-    engines as they are) is refreshed after every run."""
+def build(blocks: gr.Blocks, app: AppState, uploads: Uploads, header: gr.Markdown) -> gr.Dropdown:
+    """The view, in `blocks`; returns the saved-voice picker, which the app refreshes when a page loads. `header` (the
+    serving engines as they are) is refreshed after every run."""
     engines = app.engines
+    fields = [f.name for f in dataclasses.fields(SynthesisForm)]
     info = engines.info
     task = info.task
     c: dict[str, gr.components.Component] = {}  # the form's components, by field name
@@ -190,7 +193,12 @@ def build(app: AppState, uploads: Uploads, header: gr.Markdown) -> gr.Dropdown:
             )
             c["instruct"] = gr.Textbox(label="instruct (custom voice, voice design)", visible=task != Task.VOICE_CLONE)
             go = gr.Button("Generate", variant="primary", elem_id="vx-generate")
-            player = gr.HTML("", html_template=PLAYER_TEMPLATE, js_on_load=PLAYER_JS, elem_id="vx-player")
+            player = gr.HTML(
+                "",
+                html_template=PLAYER_TEMPLATE,
+                js_on_load=player_js(fields, info.sample_rate),
+                elem_id="vx-player",
+            )
             with gr.Accordion("sampling", open=False):
                 c["do_sample"] = gr.Checkbox(True, label="sample (off: greedy)")
                 with gr.Row():
@@ -211,20 +219,25 @@ def build(app: AppState, uploads: Uploads, header: gr.Markdown) -> gr.Dropdown:
             util = gr.Plot(label="utilization")
             overhead = gr.Plot(label="overhead breakdown")
             files = gr.File(label="downloads: audio (16-bit WAV), Perfetto trace, metrics", file_count="multiple")
-    live = gr.Textbox(visible=False)  # the page's player fills it with what it heard (`ui.live`, PLAYER_JS)
+    live = gr.Textbox(visible=False)  # the page's player fills it with what it heard (`ui.live`, ui/js/player.js)
+    inputs = form_inputs(SynthesisForm, c)
+    blocks.load(None, inputs, None, js=form_mirror_js(fields))  # the player starts a run from these at the click
+    for name, component in zip(fields, inputs, strict=True):
+        component.change(None, [component], None, js=form_mirror_js([name]))
 
     async def run(*values: Any) -> tuple[Any, ...]:
-        *fields, heard = values
-        out = await synthesize(app, uploads, SynthesisForm(*fields), heard)
+        *form_values, heard = values
+        out = await synthesize(app, uploads, SynthesisForm(*form_values), heard)
         return (*out, engines.summary())
 
     go.click(
         run,
-        [*form_inputs(SynthesisForm, c), live],
+        [*inputs, live],
         [player, cards, seed_used, timeline, util, overhead, files, header],
-        js=click_js([f.name for f in dataclasses.fields(SynthesisForm)]),
+        js=click_js(fields),
         api_name="synthesize",
         show_progress="hidden",  # the player shows progress; overlays on every output would cost the click time
+        trigger_mode="multiple",  # a click while a run plays starts the next one (the player has started it already)
     )
 
     async def warm(task_name: str, clip_path: str | None) -> str:
