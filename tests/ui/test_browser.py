@@ -1,18 +1,14 @@
 """A new user in a real browser (headless Chromium through Playwright): open the page, upload a clip, generate; the
-player gets the streamed audio and the timeline appears. The screenshot is kept in artifacts/ (and, with
+player gets the streamed audio and the timeline appears. The screenshots are kept in artifacts/ (and, with
 VOXTRACE_UPDATE_SCREENSHOT=1, refreshed in docs/ for the README)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from tests.ui.browser import launch, playwright
+from tests.ui.browser import keep_screenshot, launch, playwright
 from tests.ui.conftest import RunningApp
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 sync_api = playwright()
 
@@ -60,17 +56,9 @@ def test_a_new_user_clones_a_voice_and_sees_the_timeline(running_app: RunningApp
             assert stats["host"] == "worklet"  # 127.0.0.1 is a secure context: the audio thread plays the stream
             again = generate(page)  # nothing changed since: the click itself started the run
             assert again["early"] and again["error"] is None and again["samples"] == stats["samples"]
-            shot = ROOT / "artifacts" / "screenshot.png"
-            shot.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
+            keep_screenshot(page, "synthesize")
         finally:
             browser.close()
-    if os.environ.get("VOXTRACE_UPDATE_SCREENSHOT") == "1":
-        from PIL import Image
-
-        image = Image.open(shot).convert("RGB")
-        image = image.crop((0, 0, image.width, min(image.height, 1500)))
-        image.resize((image.width * 2 // 3, image.height * 2 // 3)).quantize(128).save(ROOT / "docs" / "screenshot.png")
 
 
 def test_a_page_over_plain_http_from_another_host_plays_and_a_second_click_replaces_the_first(
@@ -90,14 +78,13 @@ def test_a_page_over_plain_http_from_another_host_plays_and_a_second_click_repla
             stats = generate(page)
             assert stats["error"] is None and stats["host"] == "script" and stats["samples"] == 11 * 1920
             assert page.locator("#vx-cards").inner_text().count("first sound (in your browser") == 1
-            page.get_by_label("max frames (80 ms each)").fill("200")  # a long run (16 s), still streaming ...
-            page.get_by_label("text").first.fill("A long text to read aloud. " * 12)
+            page.get_by_label("max frames (80 ms each)").fill("2000")  # 160 s of audio: seconds to make, so ...
             page.evaluate("window.vxPlayerStats = null")
             page.locator("#vx-generate").click()
             page.wait_for_function("window.vxPlayerStats && window.vxPlayerStats.chunks > 0")
             page.evaluate("window.vxFirst = window.vxPlayerStats")
             page.get_by_label("max frames (80 ms each)").fill("12")
-            second = generate(page)  # ... when a second click takes the player over
+            second = generate(page)  # ... it is still streaming when a second click takes the player over
             assert second["error"] is None and second["samples"] == 11 * 1920
             assert page.evaluate("window.vxFirst.done") is False  # the first was stopped, not played out
             page.wait_for_function(
@@ -133,9 +120,7 @@ def test_two_pages_keep_their_own_task_and_a_phone_gets_the_player_under_generat
             generate_box = b.locator("#vx-generate").bounding_box()
             player_box, cards_box = b.locator("#vx-player").bounding_box(), b.locator("#vx-cards").bounding_box()
             assert generate_box["y"] < player_box["y"] < cards_box["y"]  # the player right under Generate
-            shot = ROOT / "artifacts" / "phone.png"
-            shot.parent.mkdir(exist_ok=True)
-            b.screenshot(path=str(shot), full_page=True)
+            keep_screenshot(b, "phone")
         finally:
             browser.close()
 

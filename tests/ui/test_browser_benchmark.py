@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.ui.browser import launch, playwright
+from tests.ui.browser import keep_screenshot, launch, playwright
 from tests.ui.conftest import RunningApp
 
 sync_api = playwright()
@@ -34,6 +34,7 @@ def test_a_small_benchmark_shows_whole_concurrency_levels_and_opens_again_in_run
             assert cells and not [c for c in cells if re.search(r"\d\.\d{4,}", c)]  # rounded to 3 digits
             run_id = running_app.state.runs.newest_first()[0].id
             assert run_id.startswith("benchmark-")
+            keep_screenshot(page, "benchmark")
 
             page.get_by_role("tab", name="Runs").click()  # the tab's list picks the newest run: this sweep
             sync_api.expect(page.get_by_role("listbox", name="run")).to_have_value(run_id, timeout=30_000)
@@ -41,5 +42,6 @@ def test_a_small_benchmark_shows_whole_concurrency_levels_and_opens_again_in_run
             assert x_ticks(page, "#vx-run-plot-0") == {"1", "2"}  # its own chart again
             sync_api.expect(page.locator("#vx-run-plot-1")).to_be_hidden()  # no utilization of another run
             sync_api.expect(page.locator("#vx-run-plot-2")).to_be_hidden()
+            keep_screenshot(page, "runs")
         finally:
             browser.close()

@@ -1,16 +1,11 @@
 """A new user compares our engine with a remote OpenAI-compatible speech server in a real browser (headless Chromium
 through Playwright): the remote is the app's own HTTP API, given by URL; the page shows the verdict, the warm lab
-engines and the downloads named by side. The screenshot is kept in artifacts/compare.png."""
+engines and the downloads named by side. The screenshot is kept (`keep_screenshot`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.ui.browser import launch, playwright
+from tests.ui.browser import keep_screenshot, launch, playwright
 from tests.ui.conftest import RunningApp
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 sync_api = playwright()
 
@@ -37,8 +32,6 @@ def test_our_engine_against_a_remote_server_by_url(running_app: RunningApp) -> N
             assert names == {f"{side}-{kind}.json" for side in ("A-uni-uni", remote) for kind in ("trace", "metrics")}
             lab = page.locator("#vx-lab-status").inner_text()
             assert "Warm lab engines" in lab and "tiny-base · talker uni · code2wav uni · cpu" in lab
-            shot = ROOT / "artifacts" / "compare.png"
-            shot.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
+            keep_screenshot(page, "compare")
         finally:
             browser.close()
