@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from profiling.gpu_idle import GPU_OP_CATS
 from telemetry.capture import TorchTrace
 from telemetry.events import (
     COUNTER,
@@ -132,6 +133,22 @@ def _request_events(tl: Timeline) -> list[dict[str, Any]]:
     return out
 
 
+def _own_gpu_tracks(events: list[dict[str, Any]], worker: str) -> list[dict[str, Any]]:
+    """One process's torch trace with its GPU ops under a process of their own, "GPU 0 (talker)": Kineto puts every
+    process's GPU ops on pid = the device, so two workers' kernels on one GPU would share one track and cross there
+    (the stages run concurrently on one device)."""
+    devices = {e.get("pid") for e in events if str(e.get("cat", "")).lower() in GPU_OP_CATS}
+    rename = {device: f"GPU {device} ({worker})" for device in devices}
+    out = []
+    for e in events:
+        if e.get("pid") in rename:
+            e = {**e, "pid": rename[e["pid"]]}
+            if e.get("ph") == "M" and e.get("name") == "process_name":
+                e["args"] = {**e.get("args", {}), "name": e["pid"]}
+        out.append(e)
+    return out
+
+
 def chrome_trace(tl: Timeline, torch_traces: Sequence[TorchTrace] = ()) -> dict[str, Any]:
     """The run as a Trace Event Format object; ts are µs of CLOCK_MONOTONIC, so torch traces line up."""
     ours = _process_events(tl) + _request_events(tl)
@@ -140,7 +157,7 @@ def chrome_trace(tl: Timeline, torch_traces: Sequence[TorchTrace] = ()) -> dict[
     for t in torch_traces:
         theirs += [
             e
-            for e in t.shifted_events()
+            for e in _own_gpu_tracks(t.shifted_events(), t.worker)
             if not (e.get("ph") == "M" and e.get("name") == "process_name" and e.get("pid") in named)
         ]
     return {

@@ -17,7 +17,7 @@ import torch
 
 from profiling.trace import REQUESTS_PID, check_trace, chrome_trace, write_chrome_trace
 from telemetry import events as ev
-from telemetry.capture import capture
+from telemetry.capture import TorchTrace, capture
 from telemetry.events import Recorder, Timeline, merge_timelines
 
 
@@ -162,3 +162,26 @@ def test_tensorboard_profiler_plugin_lists_the_run(captured, tmp_path: Path):
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__]))
+
+
+def test_two_workers_kernels_on_one_gpu_keep_tracks_of_their_own(run: Timeline, tmp_path: Path):
+    """Kineto puts each process's GPU ops on pid = the device: the talker's and code2wav's kernels, running at once on
+    GPU 0, would cross on one track. Each worker's get a process of their own, named for it."""
+    traces = []
+    for worker, host_pid, start in (("talker", 4101, 100.0), ("code2wav", 4102, 115.0)):
+        events = [
+            {"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "GPU 0"}},
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": host_pid, "tid": 1, "ts": 90.0,
+             "dur": 5.0, "args": {"correlation": 1}},
+            *({"ph": "X", "cat": "kernel", "name": f"{worker} kernel", "pid": 0, "tid": 7, "ts": ts, "dur": 30.0,
+               "args": {"device": 0, "correlation": 1}} for ts in (start, start + 40)),
+        ]  # fmt: skip
+        path = tmp_path / f"{worker}.pt.trace.json"
+        path.write_text(json.dumps({"traceEvents": events, "baseTimeNanoseconds": 0}))
+        traces.append(TorchTrace(worker, str(path), [], 0))
+    trace = chrome_trace(run, traces)
+    assert check_trace(trace) == []  # the talker's kernel at 100-130 µs no longer crosses code2wav's at 115-145 µs
+    gpu = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and str(e["pid"]).startswith("GPU")}
+    assert gpu == {"GPU 0 (talker)", "GPU 0 (code2wav)"}
+    kernels = {(e["pid"], e["name"]) for e in trace["traceEvents"] if e.get("cat") == "kernel"}
+    assert kernels == {("GPU 0 (talker)", "talker kernel"), ("GPU 0 (code2wav)", "code2wav kernel")}
