@@ -29,28 +29,30 @@ from telemetry.events import (
 
 REQUESTS_PID = 0x7FFF0000  # a synthetic process holding one track per request; no real pid reaches it
 TID_BASE = 10_000_000  # our track tids sit above Linux's pid_max (2**22), so they never meet a real thread id
+LANE_TID_BASE = 20_000_000  # the extra lanes of torch's tracks (`_untangled`), above ours
 
 
 def _us(ns: int) -> float:
     return round(ns / 1000, 3)
 
 
-def _lanes(spans: list[Any]) -> list[int]:
-    """Lane per span so that each lane is well nested (a slice lies inside another or beside it, never across)."""
-    order = sorted(range(len(spans)), key=lambda i: (spans[i].start_ns, -spans[i].dur_ns))
-    stacks: list[list[int]] = []
-    lane = [0] * len(spans)
+def _lanes(bounds: Sequence[tuple[float, float]], eps: float = 0.0) -> list[int]:
+    """Lane per (start, end) so that each lane is well nested (a slice lies inside another or beside it, never across);
+    `eps` of rounding is no overlap."""
+    order = sorted(range(len(bounds)), key=lambda i: (bounds[i][0], -bounds[i][1]))
+    stacks: list[list[float]] = []
+    lane = [0] * len(bounds)
     for i in order:
-        s = spans[i]
+        start, end = bounds[i]
         for k, stack in enumerate(stacks):
-            while stack and stack[-1] <= s.start_ns:
+            while stack and stack[-1] <= start + eps:
                 stack.pop()
-            if not stack or stack[-1] >= s.end_ns:
-                stack.append(s.end_ns)
+            if not stack or stack[-1] + eps >= end:
+                stack.append(end)
                 lane[i] = k
                 break
         else:
-            stacks.append([s.end_ns])
+            stacks.append([end])
             lane[i] = len(stacks) - 1
     return lane
 
@@ -96,7 +98,7 @@ def _process_events(tl: Timeline) -> list[dict[str, Any]]:
     next_tid: dict[int, int] = {}
     for (pid, track), evs in sorted(groups.items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], 99), kv[0][1])):
         spans = [e for e in evs if e.kind == SPAN]
-        lanes = _lanes(spans)
+        lanes = _lanes([(e.start_ns, e.end_ns) for e in spans])
         tids: list[int] = []
         for lane in range(max(lanes, default=0) + 1):
             tid = TID_BASE + next_tid.setdefault(pid, 0)
@@ -149,6 +151,31 @@ def _own_gpu_tracks(events: list[dict[str, Any]], worker: str) -> list[dict[str,
     return out
 
 
+def _untangled(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Torch events with the slices that cross on one (pid, tid) moved to extra lanes of that track (named "<thread>
+    #2", ...). Kineto draws each record_function range onto the GPU stream too ("gpu_user_annotation"), where the
+    talker's and code2wav's ranges cross when both stages run in one process; its own "Activity Buffer Request"
+    slices cross as well."""
+    tracks: dict[tuple[Any, Any], list[int]] = {}
+    for i, e in enumerate(events):
+        if e.get("ph") == "X" and all(k in e for k in ("pid", "tid", "ts", "dur")):
+            tracks.setdefault((e["pid"], e["tid"]), []).append(i)
+    names = {
+        (e.get("pid"), e.get("tid")): e.get("args", {}).get("name") for e in events if e.get("name") == "thread_name"
+    }
+    out, extra, next_tid = list(events), [], LANE_TID_BASE
+    for (pid, tid), members in tracks.items():
+        lanes = _lanes([(events[i]["ts"], events[i]["ts"] + events[i]["dur"]) for i in members], eps=1e-3)
+        lane_tids = {}
+        for i, lane in zip(members, lanes, strict=True):
+            if lane:
+                if lane not in lane_tids:
+                    lane_tids[lane], next_tid = next_tid, next_tid + 1
+                    extra += _meta("thread", pid, f"{names.get((pid, tid)) or tid} #{lane + 1}", lane_tids[lane])
+                out[i] = {**events[i], "tid": lane_tids[lane]}
+    return out + extra
+
+
 def chrome_trace(tl: Timeline, torch_traces: Sequence[TorchTrace] = ()) -> dict[str, Any]:
     """The run as a Trace Event Format object; ts are µs of CLOCK_MONOTONIC, so torch traces line up."""
     ours = _process_events(tl) + _request_events(tl)
@@ -161,7 +188,7 @@ def chrome_trace(tl: Timeline, torch_traces: Sequence[TorchTrace] = ()) -> dict[
             if not (e.get("ph") == "M" and e.get("name") == "process_name" and e.get("pid") in named)
         ]
     return {
-        "traceEvents": theirs + ours,
+        "traceEvents": _untangled(theirs) + ours,
         "displayTimeUnit": "ms",
         "otherData": {"clock": "CLOCK_MONOTONIC", "dropped": {str(k): v for k, v in tl.dropped.items()}},
     }

@@ -185,3 +185,24 @@ def test_two_workers_kernels_on_one_gpu_keep_tracks_of_their_own(run: Timeline, 
     assert gpu == {"GPU 0 (talker)", "GPU 0 (code2wav)"}
     kernels = {(e["pid"], e["name"]) for e in trace["traceEvents"] if e.get("cat") == "kernel"}
     assert kernels == {("GPU 0 (talker)", "talker kernel"), ("GPU 0 (code2wav)", "code2wav kernel")}
+
+
+def test_slices_that_cross_within_one_capture_get_lanes_of_their_own(run: Timeline, tmp_path: Path):
+    """Both stages in one process (uni): Kineto draws the talker's and code2wav's ranges onto the one GPU stream,
+    where they cross; so do its own buffer requests. The crossing ones move to a second lane of their track."""
+    events = [
+        {"ph": "M", "name": "thread_name", "pid": 0, "tid": 7, "args": {"name": "stream 7"}},
+        *({"ph": "X", "cat": "gpu_user_annotation", "name": name, "pid": 0, "tid": 7, "ts": ts, "dur": 50.0}
+          for name, ts in (("talker/prefill", 100.0), ("code2wav/decode", 120.0))),
+        {"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 125.0, "dur": 5.0, "args": {"device": 0}},
+        *({"ph": "X", "cat": "overhead", "name": "Activity Buffer Request", "pid": -1, "tid": 0, "ts": ts, "dur": 20.0}
+          for ts in (10.0, 15.0)),
+    ]  # fmt: skip
+    path = tmp_path / "engine.pt.trace.json"
+    path.write_text(json.dumps({"traceEvents": events, "baseTimeNanoseconds": 0}))
+    trace = chrome_trace(run, [TorchTrace("engine", str(path), [], 0)])
+    assert check_trace(trace) == []
+    lanes = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert {"stream 7 #2", "0 #2"} <= lanes
+    moved = {e["name"] for e in trace["traceEvents"] if e.get("ph") == "X" and e.get("tid", 0) >= 20_000_000}
+    assert moved == {"code2wav/decode", "Activity Buffer Request"}  # the kernel stays inside the talker's range
