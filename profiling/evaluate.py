@@ -98,6 +98,8 @@ class EngineEvaluator:
         self.base, self.workload, self.save_runs = base, workload, save_runs
         self.engines = engines or KeptEngines()
         self.warmup = warmup if warmup is not None else max(2, workload.clips.count, workload.arrival.concurrency)
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be at least 1 request, got {self.warmup}")
         self._warm: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._runs = 0
         self._tmp: Path | None = None

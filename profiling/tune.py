@@ -125,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> TuneReport:
     p.add_argument("--verify-rounds", type=int, default=2, help="alternating runs of default and recommendation")
     p.add_argument("--drift-every", type=int, default=4, help="candidates between re-runs of the default in a rung "
                    "(0: no drift correction)")  # fmt: skip
+    p.add_argument("--warmup", type=int, help="requests that warm each new engine (default: the concurrency, at least "
+                   "2 and one per voice)")  # fmt: skip
     p.add_argument("--keep", type=int, default=2, help="engines kept up between runs (memory: one per candidate)")
     p.add_argument("--save-runs", action="store_true", help="every run's folder (trace, metrics) under <out>/runs/")
     p.add_argument("--seed", type=int, default=0, help="which random combinations fill the candidates")
@@ -156,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> TuneReport:
         for point in points:
             apply(config, point)  # a knob value the config refuses fails here, naming the knob
         save = Path(args.out) / "runs" if args.save_runs else None
-        with EngineEvaluator(config, workload, engines=KeptEngines(args.keep), save_runs=save) as evaluator:
+        engines = KeptEngines(args.keep)
+        with EngineEvaluator(config, workload, engines=engines, warmup=args.warmup, save_runs=save) as evaluator:
             report = tune(workload, evaluator, points, budget_s, base=config, min_requests=args.min_requests,
                           max_requests=args.max_requests, verify_rounds=args.verify_rounds,
                           drift_every=args.drift_every, on_measure=on_measure,
