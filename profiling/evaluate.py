@@ -46,7 +46,10 @@ class _Arrivals:
 
 
 class EngineSource(Protocol):
-    """Where the evaluator gets an engine up with a config: its own (`KeptEngines`), or the app's lab engine."""
+    """Where the evaluator gets an engine up with a config: its own (`KeptEngines`), or the app's lab engine.
+    `keep`: how many configs stay up between runs (the search's budget counts a set-up for each switch past it)."""
+
+    keep: int
 
     def get(self, config: EngineConfig) -> Engine: ...
 
@@ -95,6 +98,8 @@ class EngineEvaluator:
         self.base, self.workload, self.save_runs = base, workload, save_runs
         self.engines = engines or KeptEngines()
         self.warmup = warmup if warmup is not None else max(2, workload.clips.count, workload.arrival.concurrency)
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be at least 1 request, got {self.warmup}")
         self._warm: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._runs = 0
         self._tmp: Path | None = None
@@ -104,6 +109,10 @@ class EngineEvaluator:
 
             self._tmp = Path(tempfile.mkdtemp(prefix="voxtrace-tune-"))
             self._checkpoint = str(build_checkpoint(self._tmp / base.tiny_task, task=base.tiny_task))
+
+    @property
+    def kept_engines(self) -> int:
+        return self.engines.keep
 
     def config(self, values: Values) -> EngineConfig:
         """The config a candidate stands for, as the user will run it (`model: null` stays null)."""
@@ -172,6 +181,8 @@ def _speaker(engine: Engine) -> str | None:
 class UrlEvaluator:
     """A remote speech server: its engine is not ours to configure, so the only knob is the client's
     `concurrency`, and there is no timeline to quote (the measurements carry no signals). Closed loop only."""
+
+    kept_engines = 2  # the server stays up: changing the concurrency sets nothing up
 
     def __init__(self, url: str, workload: Workload, *, voice: str | None = None, warmup: int = 2,
                  sample_rate: int = 24000) -> None:  # fmt: skip

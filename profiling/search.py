@@ -7,13 +7,22 @@
 Every candidate runs a few requests; the better half runs twice as many, and so on until the last two have run
 twice as many as the rung that left them (or the run size reaches `max_requests`, or the budget would be spent).
 Where two candidates at a cut are closer than the noise (the spread of repeated runs) they are run again, up to
-`max_repeats`; a cut still within noise is a tie. A candidate
+`max_repeats`; a cut still within noise is a tie.
+
+Candidates run one after another, and a shared machine drifts meanwhile (another job starts, a CPU throttles): a
+rung with more than `drift_every` other candidates measures the default again after every `drift_every` of them and
+at its end. Wherever the default ran more than once at a run size (so, too, where it is repeated at a cut), each
+run's score there is divided by its `drift`: the default's score at that moment (interpolated between its runs on
+either side) over the default's mean at that size. So every candidate is ranked as if it had run on the machine the
+default met on average; the SLOs are checked on the figures as measured. A candidate
 that breaks an SLO (or has failed requests) ranks below every one that meets them: it is kept and marked, never
 recommended. Among candidates tied with the best, the one that changes the fewest knobs of the default wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import statistics
 import time
@@ -43,9 +52,16 @@ class Measurement:
     setup_s: float = 0.0  # building and warming the engine (0 when it was reused)
     run_s: float = 0.0
     signals: Mapping[str, float] = field(default_factory=dict)
+    seq: int = 0  # its place in the search's order of runs (set by the search)
+    drift: float = 1.0  # the default's score near this run over its mean at this size; the score is divided by it
 
 
 class Evaluator(Protocol):
+    """Runs a candidate. `kept_engines`: how many configs it keeps set up between runs; with fewer than two, every
+    run of the verification's alternation sets its engine up again, and the budget keeps that back too."""
+
+    kept_engines: int
+
     def measure(self, values: Values, n_requests: int) -> Measurement: ...
 
 
@@ -55,7 +71,7 @@ class Abort(Exception):
 
 
 def score(objective: str, m: Measurement | Summary) -> float:
-    """Higher is better."""
+    """Higher is better; a measurement's as measured (a summary's is corrected for drift)."""
     return m.audio_s_per_s if objective == "throughput" else -m.ttfa_p99_s
 
 
@@ -88,7 +104,8 @@ class Slo:
 
 @dataclass(frozen=True)
 class Summary:
-    """A candidate's repeats at one run size: means, and the spread (max - min) of the objective's score."""
+    """A candidate's repeats at one run size: the figures' means as measured, and the objective's score (each run's
+    divided by its drift) with its spread (max - min)."""
 
     n_requests: int
     repeats: int
@@ -99,13 +116,14 @@ class Summary:
     errors: int
     score: float
     spread: float  # NaN with one repeat
+    drift: float  # the mean of the runs' drift (1: no correction)
     signals: dict[str, float]
 
     @classmethod
     def of(cls, objective: str, runs: Sequence[Measurement]) -> Summary:
         figures = ("audio_s_per_s", "ttfa_p99_s", "underrun_p99_s", "rtf_p99")
         means = [statistics.fmean(getattr(m, name) for m in runs) for name in figures]
-        scores = [score(objective, m) for m in runs]
+        scores = [score(objective, m) / m.drift for m in runs]
         keys = sorted(set().union(*(m.signals for m in runs)))
         return cls(
             runs[0].n_requests,
@@ -114,6 +132,7 @@ class Summary:
             sum(m.errors for m in runs),
             statistics.fmean(scores),
             max(scores) - min(scores) if len(runs) > 1 else math.nan,
+            statistics.fmean(m.drift for m in runs),
             {k: statistics.fmean(m.signals[k] for m in runs if k in m.signals) for k in keys},
         )
 
@@ -178,32 +197,41 @@ class Search:
         eta: int = 2,
         max_repeats: int = 3,
         reserve_runs: int = 4,
+        drift_every: int = 4,
         compose: bool = True,
         clock: Callable[[], float] = time.monotonic,
         on_measure: Callable[[Candidate, Measurement], None] | None = None,
     ) -> None:
         """`candidates[0]` is the default config. `reserve_runs`: runs at the final size kept out of the budget for
-        the verification that follows. `compose`: after the first rung, add the candidate that takes from each
-        one-knob variation of the default its value when it beat the default by more than the noise."""
+        the verification that follows (with an engine set-up for each of them when the evaluator keeps fewer than
+        two configs up, else two). `drift_every`: other candidates
+        between two runs of the default in a rung (0: the default runs once a rung, no drift correction).
+        `compose`: after the first rung, add the candidate that takes from each one-knob variation of the default
+        its value when it beat the default by more than the noise."""
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
         if not candidates:
             raise ValueError("no candidates to search")
+        if drift_every < 0:
+            raise ValueError(f"drift_every must be >= 0, got {drift_every}")
         self.candidates, self.evaluator, self.objective, self.slo = list(candidates), evaluator, objective, slo
         self.default = self.candidates[0]
         self.budget_s, self.min_requests = budget_s, min_requests
         self.max_requests = max_requests or 4 * min_requests
-        self.eta, self.max_repeats, self.reserve_runs, self.compose = eta, max_repeats, reserve_runs, compose
+        self.eta, self.max_repeats, self.compose = eta, max_repeats, compose
+        self.reserve_runs, self.drift_every = reserve_runs, drift_every
         self.clock, self.on_measure = clock, on_measure
         self._t0 = clock()
+        self._seq = 0  # runs so far
+        self._corrected: set[int] = set()  # run sizes where the default ran more than once: scores drift-corrected
 
     # -- the halving
 
     def run(self) -> SearchResult:
         alive, n, rung = list(self.candidates), self.min_requests, 0
         while True:
-            for c in alive:
-                if not self._measure(c, n):
+            for c in self._order(alive):
+                if c.failed is None and not self._measure(c, n):
                     return self._finish(alive, "budget")
             alive = [c for c in alive if c.failed is None]
             # the last two get a rung of their own: the final comparison is at the longest runs
@@ -222,6 +250,19 @@ class Search:
             if self.compose and rung == 1 and (mix := self._composed()) is not None:
                 alive.append(mix)
 
+    def _order(self, alive: list[Candidate]) -> list[Candidate]:
+        """A rung's runs: the default first when it is alive, and again after every `drift_every` others and at the
+        end, when there are more than `drift_every` others."""
+        others = [c for c in alive if c is not self.default]
+        if self.default not in alive:
+            return others
+        if not self.drift_every or len(others) <= self.drift_every:
+            return [self.default, *others]
+        out = [self.default]
+        for i in range(0, len(others), self.drift_every):
+            out += [*others[i : i + self.drift_every], self.default]
+        return out
+
     def _measure(self, c: Candidate, n: int) -> bool:
         """One run, if the budget (less the verification's reserve) allows it; False when it does not."""
         spent = self.clock() - self._t0
@@ -235,10 +276,24 @@ class Search:
             c.failed = f"{type(exc).__name__}: {exc}"
             c.notes.append(f"failed: {c.failed}")
             return True
-        c.runs.setdefault(n, []).append(m)
+        c.runs.setdefault(n, []).append(dataclasses.replace(m, seq=self._seq))
+        self._seq += 1
+        self._correct_drift(n)
         if self.on_measure is not None:
             self.on_measure(c, m)
         return True
+
+    def _correct_drift(self, n: int) -> None:
+        """Set every run's drift at size `n` from the default's runs there (see the module doc); none with
+        `drift_every` 0, while the default ran once, or when its score is not a positive number."""
+        refs = sorted((m.seq, abs(score(self.objective, m))) for m in self.default.runs.get(n, []))
+        if not self.drift_every or len(refs) < 2 or not all(0 < s < math.inf for _, s in refs):
+            return
+        self._corrected.add(n)
+        mean = statistics.fmean(s for _, s in refs)
+        for c in self.candidates:
+            if n in c.runs:
+                c.runs[n] = [dataclasses.replace(m, drift=_interpolate(refs, m.seq) / mean) for m in c.runs[n]]
 
     def _estimate(self, c: Candidate, n: int) -> float:
         """Seconds a run of `c` with `n` requests will take: its own set-up (else the median one) plus n times the
@@ -251,13 +306,15 @@ class Search:
         return setup + n * statistics.median(m.run_s / m.n_requests for m in done)
 
     def _reserve(self, n: int) -> float:
-        """The verification's share of the budget: two engines set up, `reserve_runs` runs of `n` requests (the
-        verification runs at the final comparison's size, never above the size being run now). None while no
-        candidate meets the SLOs: there would be nothing to verify."""
+        """The verification's share of the budget: `reserve_runs` runs of `n` requests (the verification runs at the
+        final comparison's size, never above the size being run now) and the engine set-ups they need: two when the
+        evaluator keeps both configs up, else one per run. None while no candidate meets the SLOs: there would be
+        nothing to verify."""
         if not self.reserve_runs or not any(self._key(c, max(c.runs))[0] for c in self.candidates if c.runs):
             return 0.0
         setup = self._estimate(self.default, 0)
-        return 2 * setup + self.reserve_runs * (self._estimate(self.default, n) - setup)
+        setups = min(2, self.reserve_runs) if self.evaluator.kept_engines >= 2 else self.reserve_runs
+        return setups * setup + self.reserve_runs * (self._estimate(self.default, n) - setup)
 
     def _resolve(self, alive: list[Candidate], n: int, keep: int) -> bool:
         """Repeat the two candidates either side of the cut while they are within noise of each other; at the final
@@ -308,8 +365,14 @@ class Search:
         return self._key(a, n) > self._key(b, n)
 
     def relative_noise(self, n: int | None = None) -> float:
-        """Median over repeated candidates of spread / |score| (at size `n` when any were repeated there)."""
-        pairs = [(size, Summary.of(self.objective, ms)) for c in self.candidates for size, ms in c.runs.items()]
+        """Median over repeated candidates of spread / |score| (at size `n` when any were repeated there); not the
+        default's where its runs are the drift reference (their corrected scores agree by construction)."""
+        pairs = [
+            (size, Summary.of(self.objective, ms))
+            for c in self.candidates
+            for size, ms in c.runs.items()
+            if not (c is self.default and size in self._corrected)
+        ]
         rel = [s.spread / abs(s.score) for size, s in pairs if s.repeats > 1 and s.score and (n in (None, size))]
         if not rel and n is not None:
             return self.relative_noise(None)
@@ -335,6 +398,12 @@ class Search:
 
     def _finish(self, alive: list[Candidate], stopped: str) -> SearchResult:
         measured = [c for c in alive if c.runs and c.failed is None]
+        for size in sorted(self._corrected):
+            ref = [score(self.objective, m) for m in self.default.runs[size]]
+            apart = (max(ref) - min(ref)) / abs(statistics.fmean(ref))
+            self.default.notes.append(
+                f"drift reference at {size} requests: {len(ref)} runs, {100 * apart:.0f}% apart as measured"
+            )
         for c in self.candidates:
             if not c.runs and c.failed is None:
                 c.notes.append("not measured (budget)")
@@ -369,6 +438,16 @@ class Search:
             self.budget_s,
             stopped,
         )
+
+
+def _interpolate(points: Sequence[tuple[int, float]], x: int) -> float:
+    """The piecewise-linear curve through `points` (sorted by x) at `x`; the nearest end outside them."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
 
 
 def make_candidates(points: Sequence[Values]) -> list[Candidate]:

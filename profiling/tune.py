@@ -7,8 +7,9 @@
 Candidates are points of the knob table (`profiling.space.KNOBS`, or the workload's `space:`): the `--config` they
 start from, each one-knob change of it, then random combinations, up to `--max-candidates`. The search
 (`profiling.search`) runs them in successive halving within `--budget`, repeating runs where the noise is larger than
-the difference, and marks every candidate that breaks an SLO. The recommendation is then run again against the
-default, alternately, and the gain (or none) is reported. Progress is printed as runs finish.
+the difference, and marks every candidate that breaks an SLO; the default runs again every `--drift-every` candidates
+of a rung, and each run is read against the default near it (a shared machine drifts). The recommendation is then
+run again against the default, alternately, and the gain (or none) is reported. Progress is printed as runs finish.
 
 Writes recommended.yaml (for `app.py --config`; each changed knob's evidence in its header), tune.json, tune.csv
 and tune.html. Against `--url` the server's engine is not ours to change: only the client's concurrency is searched
@@ -56,6 +57,7 @@ def tune(
     min_requests: int | None = None,
     max_requests: int | None = None,
     verify_rounds: int = 2,
+    drift_every: int = 4,
     on_measure: OnMeasure | None = None,
     meta: dict[str, Any] | None = None,
 ) -> TuneReport:
@@ -71,17 +73,19 @@ def tune(
         min_requests=n_min,
         max_requests=max_requests or 4 * n_min,
         reserve_runs=2 * verify_rounds,
+        drift_every=drift_every,
         on_measure=on_measure,
     )
     result = search.run()
     rec = result.recommended
-    check = None
+    check, start = None, time.monotonic()
     if rec is not None and rec is not result.default and verify_rounds:
         check = verify(evaluator, workload.objective, result.default.values, rec.values, result.compared_at,
                        verify_rounds)  # fmt: skip
+    verify_s = time.monotonic() - start
     knobs = {k.key: k.signals for k in (*KNOBS, *CLIENT_KNOBS)}
     evidence = explain(result, knobs, check)
-    report = TuneReport(workload.name, result, check, evidence, None, dict(meta or {}))
+    report = TuneReport(workload.name, result, check, evidence, None, dict(meta or {}), verify_s)
     final = report.recommended
     if rec is not None and final is not rec:
         rec.notes.append("not confirmed by the verification")
@@ -119,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> TuneReport:
     p.add_argument("--min-requests", type=int, help="requests in the shortest runs (default: from the workload)")
     p.add_argument("--max-requests", type=int, help="requests in the longest runs (default: 4 x the shortest)")
     p.add_argument("--verify-rounds", type=int, default=2, help="alternating runs of default and recommendation")
+    p.add_argument("--drift-every", type=int, default=4, help="candidates between re-runs of the default in a rung "
+                   "(0: no drift correction)")  # fmt: skip
+    p.add_argument("--warmup", type=int, help="requests that warm each new engine (default: the concurrency, at least "
+                   "2 and one per voice)")  # fmt: skip
     p.add_argument("--keep", type=int, default=2, help="engines kept up between runs (memory: one per candidate)")
     p.add_argument("--save-runs", action="store_true", help="every run's folder (trace, metrics) under <out>/runs/")
     p.add_argument("--seed", type=int, default=0, help="which random combinations fill the candidates")
@@ -150,9 +158,11 @@ def main(argv: Sequence[str] | None = None) -> TuneReport:
         for point in points:
             apply(config, point)  # a knob value the config refuses fails here, naming the knob
         save = Path(args.out) / "runs" if args.save_runs else None
-        with EngineEvaluator(config, workload, engines=KeptEngines(args.keep), save_runs=save) as evaluator:
+        engines = KeptEngines(args.keep)
+        with EngineEvaluator(config, workload, engines=engines, warmup=args.warmup, save_runs=save) as evaluator:
             report = tune(workload, evaluator, points, budget_s, base=config, min_requests=args.min_requests,
-                          max_requests=args.max_requests, verify_rounds=args.verify_rounds, on_measure=on_measure,
+                          max_requests=args.max_requests, verify_rounds=args.verify_rounds,
+                          drift_every=args.drift_every, on_measure=on_measure,
                           meta={**meta, "target": args.config})  # fmt: skip
     paths = report.write(args.out)
     print(report.verdict())

@@ -28,6 +28,7 @@ TABLE = (  # the columns a view shows (rows() also has one column per knob)
     "audio_s_per_s",
     "spread",
     "noise",
+    "drift",
     "ttfa_p99_s",
     "underrun_p99_s",
     "rtf_p99",
@@ -45,6 +46,7 @@ class TuneReport:
     evidence: list[Evidence]
     config_yaml: str | None  # the recommendation as an engine config (None: no recommendation, or a remote server)
     meta: dict[str, Any] = field(default_factory=dict)
+    verify_s: float = 0.0  # the verification's time, after the search's (both count against the budget)
 
     @property
     def recommended(self) -> Candidate | None:
@@ -68,7 +70,8 @@ class TuneReport:
             else "noise unknown (nothing was repeated: give it a larger budget)"
         )
         head = (
-            f"{len(r.candidates)} candidates, {r.spent_s:.0f} s of a {r.budget_s:.0f} s budget ({r.stopped}); {noise}."
+            f"{len(r.candidates)} candidates, {r.spent_s:.0f} s searching and {self.verify_s:.0f} s verifying of a "
+            f"{r.budget_s:.0f} s budget ({r.stopped}); {noise}."
         )
         if rec is None:
             text = f"{head} No candidate met the SLOs and ran without errors: nothing is recommended."
@@ -115,6 +118,7 @@ class TuneReport:
             "compared_at_requests": r.compared_at,
             "relative_noise": r.relative_noise,
             "spent_s": r.spent_s,
+            "verify_s": self.verify_s,
             "budget_s": r.budget_s,
             "stopped": r.stopped,
             "evidence": [asdict(e) for e in self.evidence],
@@ -162,8 +166,9 @@ def candidate_rows(
     candidates: Sequence[Candidate], objective: str, slo: Slo, noise: Mapping[str, float] | None = None
 ) -> list[dict[str, Any]]:
     """One row per candidate, at the largest run size it reached; `spread`: max - min of the objective's score
-    over its repeats there (NaN with one run); `noise`: what the final comparison allowed for (the larger of its
-    spread and the pooled relative spread times its score), NaN while the search runs."""
+    over its repeats there, corrected for drift (NaN with one run); `noise`: what the final comparison allowed for
+    (the larger of its spread and the pooled relative spread times its score), NaN while the search runs; `drift`:
+    the mean drift its scores were divided by (1: none; below 1 for throughput, above for TTFA: a slower machine)."""
     rows = []
     for c in candidates:
         s = Summary.of(objective, c.runs[n]) if (n := c.largest()) is not None else None
@@ -174,6 +179,7 @@ def candidate_rows(
             audio_s_per_s=s.audio_s_per_s if s else math.nan,
             spread=s.spread if s else math.nan,
             noise=(noise or {}).get(c.id, math.nan),
+            drift=s.drift if s else math.nan,
             ttfa_p99_s=s.ttfa_p99_s if s else math.nan,
             underrun_p99_s=s.underrun_p99_s if s else math.nan,
             rtf_p99=s.rtf_p99 if s else math.nan,

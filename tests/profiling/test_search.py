@@ -4,26 +4,35 @@ RNG, and the budget's clock is simulated time (each run advances it by its set-u
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
 
-from profiling.search import Measurement, Search, Slo, Values, make_candidates, verify
+from profiling.search import Measurement, Search, Slo, Summary, Values, make_candidates, verify
 
 
 @dataclass
 class Simulated:
     """`truth(values)` -> (audio s/s, TTFA p99 s). Each run costs `setup_s` + `per_request_s` per request of
     simulated time; its figures are the truth times a seeded Gaussian jitter of `noise` (relative) at 8 requests,
-    shrinking as 1/sqrt(n) for longer runs."""
+    shrinking as 1/sqrt(n) for longer runs; a run of a config other than the last `keep` ones sets it up (with
+    `keep` 0, every run does). `speed(t)`: the machine at simulated time t, as a factor on throughput
+    (and a divisor of TTFA); 1 throughout unless given."""
 
     truth: dict[tuple, tuple[float, float]]
     noise: float = 0.02
     setup_s: float = 5.0
     per_request_s: float = 0.5
     seed: int = 0
+    speed: Callable[[float], float] = lambda t: 1.0
+    keep: int = 0
     now: float = 0.0
     calls: list[tuple[tuple, int]] = field(default_factory=list)
+
+    @property
+    def kept_engines(self) -> int:
+        return self.keep
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -33,10 +42,14 @@ class Simulated:
 
     def measure(self, values: Values, n_requests: int) -> Measurement:
         key = tuple(values.values())
+        kept = list(dict.fromkeys(k for k, _ in reversed(self.calls)))[: self.keep]
+        setup_s = 0.0 if key in kept else self.setup_s
         self.calls.append((key, n_requests))
         run_s = n_requests * self.per_request_s
-        self.now += self.setup_s + run_s
+        speed = self.speed(self.now)
+        self.now += setup_s + run_s
         tput, ttfa = self.truth[key]
+        tput, ttfa = tput * speed, ttfa / speed
         sigma = self.noise * (8 / n_requests) ** 0.5
         return Measurement(
             n_requests,
@@ -44,7 +57,7 @@ class Simulated:
             ttfa_p99_s=ttfa * self.rng.gauss(1, sigma),
             underrun_p99_s=0.0,
             rtf_p99=0.5,
-            setup_s=self.setup_s,
+            setup_s=setup_s,
             run_s=run_s,
         )
 
@@ -117,8 +130,10 @@ def test_a_small_budget_stops_the_search_and_marks_what_was_not_measured() -> No
     result = search(sim, [{"x": x} for x in range(8)], budget_s=60, reserve_runs=0).run()
 
     assert result.stopped == "budget" and sim.now <= 60
-    assert sum("not measured (budget)" in c.notes for c in result.candidates) == 2  # 6 runs of 9 s fit in 60 s
-    assert result.recommended is not None and result.recommended.values == {"x": 5}  # the best of those measured
+    # 6 runs of 9 s fit in 60 s: the default, x=1..4, and the default again (the drift check after 4 others)
+    assert [key for key, _ in sim.calls] == [(0,), (1,), (2,), (3,), (4,), (0,)]
+    assert sum("not measured (budget)" in c.notes for c in result.candidates) == 3
+    assert result.recommended is not None and result.recommended.values == {"x": 4}  # the best of those measured
 
 
 def test_the_search_leaves_room_in_the_budget_for_the_verification() -> None:
@@ -127,6 +142,26 @@ def test_the_search_leaves_room_in_the_budget_for_the_verification() -> None:
     assert result.stopped == "budget" and result.recommended is not None
     verify(sim, "throughput", result.default.values, result.recommended.values, result.compared_at, rounds=2)
     assert sim.now <= 120
+
+
+def test_an_evaluator_that_keeps_one_engine_up_keeps_a_set_up_back_for_every_verification_run() -> None:
+    """The view's lab engines keep one config up: each run of the verification's alternation sets its engine up
+    again (20 s here). Whatever the budget, the search leaves room for that; counting two set-ups, as for an
+    evaluator that keeps both up, would overrun."""
+
+    class ClaimsTwo(Simulated):
+        kept_engines = 2  # type: ignore[assignment]
+
+    def spent(sim: Simulated, budget_s: float) -> float:
+        result = search(sim, [{"x": x} for x in range(6)], budget_s=budget_s).run()
+        if result.recommended is not None and result.recommended is not result.default:
+            verify(sim, "throughput", result.default.values, result.recommended.values, result.compared_at)
+        return sim.now
+
+    truth = {(x,): (5.0 + x, 0.2) for x in range(6)}
+    for budget_s in range(60, 400, 20):
+        assert spent(Simulated(truth, setup_s=20.0, keep=1), budget_s) <= budget_s
+    assert spent(ClaimsTwo(truth, setup_s=20.0, keep=1), 200) > 200
 
 
 def test_nothing_is_kept_back_for_a_verification_while_no_candidate_meets_the_slos() -> None:
@@ -154,3 +189,38 @@ def test_the_verification_alternates_default_and_recommendation() -> None:
     assert sim.calls == [((0,), 16), ((1,), 16)] * 2
     assert check.gain == pytest.approx(0.2, abs=0.03) and not check.within_noise
     assert check.default.repeats == check.recommended.repeats == 2
+
+
+def test_a_machine_that_slows_during_the_first_rung_does_not_eliminate_the_best_candidate() -> None:
+    """At 50 s another job starts and the machine loses 40% for good. The best candidate, x=7 (+15% on the default),
+    runs after that: measured as it is, it looks among the slowest, and the repeats that chase the noise spend the
+    budget, so the default wins; with the default measured again every three runs, each run is read against the
+    default near it, and x=7 wins, within the same budget."""
+    truth = {(x,): (t, 0.2) for x, t in enumerate([10.0, 8.0, 9.0, 9.5, 9.0, 8.5, 9.0, 11.5])}
+    points = [{"x": x} for x in range(8)]
+
+    def loaded(t: float) -> float:
+        return 1.0 if t < 50 else 0.6
+
+    old = search(Simulated(truth, speed=loaded), points, budget_s=250, drift_every=0).run()
+    assert old.recommended is old.default and all(m.drift == 1.0 for m in old.default.runs[8])
+
+    sim = Simulated(truth, speed=loaded)
+    result = search(sim, points, budget_s=250, drift_every=3).run()
+    first = [key for key, n in sim.calls if n == 8]
+    assert first[:11] == [(0,), (1,), (2,), (3,), (0,), (4,), (5,), (6,), (0,), (7,), (0,)]  # the default brackets
+    assert result.recommended is result.candidates[7] and result.candidates[7].largest() > 8
+    verify(sim, "throughput", result.default.values, result.recommended.values, result.compared_at)
+    assert sim.now <= 250
+    default = result.candidates[0]
+    assert any(note.startswith("drift reference at 8 requests: 4 runs") for note in default.notes), default.notes
+    # against its mean of 8: fast, fast, loaded, loaded
+    assert [m.drift for m in default.runs[8]] == pytest.approx([1.25, 1.25, 0.75, 0.75], abs=0.05)
+    assert Summary.of("throughput", default.runs[8]).spread == pytest.approx(0)  # the reference agrees with itself
+
+
+def test_a_rung_of_few_candidates_runs_the_default_once_and_corrects_nothing() -> None:
+    sim = Simulated({(x,): (5.0 + x, 0.2) for x in range(4)})
+    result = search(sim, [{"x": x} for x in range(4)], drift_every=4).run()
+    assert [key for key, n in sim.calls if n == 8][:4] == [(0,), (1,), (2,), (3,)]  # then repeats at the cut
+    assert len(result.default.runs[8]) == 1 and all(m.drift == 1.0 for c in result.candidates for m in c.runs[8])

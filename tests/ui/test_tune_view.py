@@ -42,8 +42,11 @@ async def collect(app: AppState, workload: str, budget: str = "30s") -> list[tup
 def test_a_tune_from_the_page_fills_the_chart_in_and_ends_with_the_config(app: AppState) -> None:
     updates = asyncio.run(collect(app, yaml.safe_dump(WORKLOAD)))
 
-    *searching, (chart, rows, findings, config, files) = updates
-    assert searching and all(u[2] == "*searching…*" for u in searching)  # one update per finished run
+    start, *searching, (chart, rows, findings, config, files) = updates
+    status = "*Searching: runs finished 0, candidates measured 0 of 2+, 0 s of a 30 s budget.*"
+    assert start == (None, [], status, "", [])
+    assert searching and all(u[2].startswith("*Searching: ") for u in searching)  # one update per finished run
+    assert [u[2].split(",")[0] for u in searching[:2]] == ["*Searching: runs finished 1", "*Searching: runs finished 2"]
     assert len(searching[0][0].data) >= 1 and len(rows) == 2  # both candidates in the final table
     assert findings.startswith("**2 candidates")
     assert EngineConfig.from_dict(yaml.safe_load(config)).chunking.first_chunk_frames in (1, 2)

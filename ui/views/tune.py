@@ -48,7 +48,11 @@ def parse_workload(text: str) -> Workload:
 
 class LabEngines:
     """The search's engines from the app's lab engine: `lab.use(config)` is entered on the app's event loop (the
-    search runs in a worker thread) and held until the search needs another config, or ends."""
+    search runs in a worker thread) and held until the search needs another config, or ends. One is held at a time
+    (`keep`): the pool may keep the others warm, but may also close them for another page, so the search's budget
+    counts a set-up for every switch."""
+
+    keep = 1
 
     def __init__(self, lab: LabEngine, loop: asyncio.AbstractEventLoop) -> None:
         self._lab, self._loop = lab, loop
@@ -89,10 +93,18 @@ def findings(report: TuneReport) -> str:
     return f"**{report.verdict()}**" + (f"\n\nEvidence, knob by knob:{evidence}" if evidence else "")
 
 
-async def run_tune(
-    app: AppState, form: TuneForm, progress: gr.Progress | None = None
-) -> AsyncIterator[tuple[Any, ...]]:
-    """Yields (chart, table, findings, recommended YAML, files): the first three as each run finishes, then all."""
+def searching(runs: int, seen: int, candidates: int, elapsed_s: float, budget_s: float) -> str:
+    """The findings' place while a search runs: how far it is (Gradio's progress bar leaves once a generator has
+    yielded, so the page says it here)."""
+    return (
+        f"*Searching: runs finished {runs}, candidates measured {seen} of {candidates}+, {elapsed_s:.0f} s of a "
+        f"{budget_s:.0f} s budget.*"
+    )
+
+
+async def run_tune(app: AppState, form: TuneForm) -> AsyncIterator[tuple[Any, ...]]:
+    """Yields (chart, table, findings, recommended YAML, files): at once, the last search's cleared; the first three
+    as each run finishes, the findings saying how far the search is; then all of them."""
     presets = preset_configs(app.engines.config)
     if form.base not in presets:
         raise gr.Error(f"choose a config to start from: {', '.join(presets)}")
@@ -131,9 +143,11 @@ async def run_tune(
         with EngineEvaluator(base, workload, engines=LabEngines(app.engines.lab, loop), checkpoint=checkpoint) as ev:
             return tune(workload, ev, points, budget_s, base=base, on_measure=on_measure, meta={"base": form.base})
 
+    start = time.monotonic()
+    yield None, [], searching(0, 0, len(points), 0, budget_s), "", []
     job = asyncio.ensure_future(asyncio.to_thread(search))
     seen: dict[str, Candidate] = {}
-    start = time.monotonic()
+    runs = 0
     while not job.done() or not measured.empty():
         item = asyncio.ensure_future(measured.get())
         done, _ = await asyncio.wait({job, item}, return_when=asyncio.FIRST_COMPLETED)
@@ -141,12 +155,11 @@ async def run_tune(
             item.cancel()
             continue
         c = item.result()
-        seen[c.id] = c
-        if progress is not None:
-            progress(min(0.99, (time.monotonic() - start) / budget_s), f"{len(seen)} of {len(points)}+ candidates")
+        seen[c.id], runs = c, runs + 1
         shown = list(seen.values())
         chart = pareto_figure(shown, workload.objective, workload.slo)
-        yield chart, table(candidate_rows(shown, workload.objective, workload.slo)), "*searching…*", gr.skip(), []
+        status = searching(runs, len(seen), len(points), time.monotonic() - start, budget_s)
+        yield chart, table(candidate_rows(shown, workload.objective, workload.slo)), status, gr.skip(), []
     try:
         report = job.result()
     except Exception as exc:  # a search that cannot run at all (the workload does not fit the model, the lab is busy)
@@ -163,7 +176,7 @@ async def run_tune(
             time.time(),
             [],
             files,
-            {"candidates": len(report.result.candidates), "spent_s": report.result.spent_s},
+            {"candidates": len(report.result.candidates), "spent_s": report.result.spent_s + report.verify_s},
             report.figure(),
         )
     )
@@ -178,23 +191,32 @@ def build(app: AppState) -> None:
     with gr.Row():
         c["base"] = gr.Dropdown(names, value=names[0], label="engine config to start from")
         chosen = gr.Dropdown(list(files), value=first, label="workload (configs/workloads/)")
-        c["budget"] = gr.Textbox("2m", label="budget (90s, 10m, 1h)")
-        c["max_candidates"] = gr.Number(8, precision=0, minimum=2, maximum=64, label="max candidates")
-    c["workload"] = gr.Code(files[first].read_text() if first else "", language="yaml", label="workload (editable)")
+        c["budget"] = gr.Textbox("2m", label="budget (90s, 10m, 1h)", elem_id="vx-tune-budget")
+        c["max_candidates"] = gr.Number(
+            8, precision=0, minimum=2, maximum=64, label="max candidates", elem_id="vx-tune-max-candidates"
+        )
+    text = files[first].read_text() if first else ""
+    c["workload"] = gr.Code(text, language="yaml", label="workload (editable)", elem_id="vx-tune-workload")
     c["knobs"] = gr.CheckboxGroup(
         [k.key for k in KNOBS], value=[k.key for k in KNOBS], label="knobs to search (unless the workload has space:)"
     )
     go_button = gr.Button("Tune", variant="primary", elem_id="vx-tune")
-    plot = gr.Plot(label="candidates: audio-s/s against TTFA p99 (fills in as runs finish)")
-    verdict = gr.Markdown()
-    results = gr.Dataframe(headers=list(TABLE), label="candidates", interactive=False)
-    config = gr.Code(language="yaml", label="recommended.yaml (for app.py --config)", interactive=False)
-    downloads = gr.File(label="recommended.yaml, tune.html (opens offline), tune.json, tune.csv", file_count="multiple")
+    plot = gr.Plot(label="candidates: audio-s/s against TTFA p99 (fills in as runs finish)", elem_id="vx-tune-chart")
+    verdict = gr.Markdown(elem_id="vx-tune-verdict")
+    results = gr.Dataframe(headers=list(TABLE), label="candidates", interactive=False, elem_id="vx-tune-table")
+    config = gr.Code(
+        language="yaml", label="recommended.yaml (for app.py --config)", interactive=False, elem_id="vx-tune-yaml"
+    )
+    downloads = gr.File(
+        label="recommended.yaml, tune.html (opens offline), tune.json, tune.csv",
+        file_count="multiple",
+        elem_id="vx-tune-files",
+    )
 
     chosen.change(lambda name: files[name].read_text(), chosen, c["workload"], api_visibility="private")
 
-    async def run(*values: Any, progress: gr.Progress = gr.Progress()) -> AsyncIterator[tuple[Any, ...]]:  # noqa: B008
-        async for update in run_tune(app, TuneForm(*values), progress=progress):
+    async def run(*values: Any) -> AsyncIterator[tuple[Any, ...]]:
+        async for update in run_tune(app, TuneForm(*values)):
             yield update
 
     go_button.click(run, form_inputs(TuneForm, c), [plot, results, verdict, config, downloads], api_name="tune")
