@@ -36,6 +36,7 @@ from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
 from engine.request import AudioChunk, EngineError, ModelInfo, RequestError, SpeechRequest, Task
 from engine.router import Router
+from engine.runtime import ray_cluster
 from engine.runtime.probe import Probe
 from engine.runtime.serial import SerialExecutor
 from engine.stages.factory import StageSpec, build_from_model, build_in_worker
@@ -87,8 +88,8 @@ class Engine:
             torch.set_num_threads(max(uni_threads))
         dtype = getattr(torch, config.dtype) if config.dtype else None
         self.model = Qwen3TTS.from_pretrained(checkpoint, device=config.device, dtype=dtype)
-        # an `mp` stage loads its own weights: before its worker starts, this process lets go of them
-        self.model.release(talker=config.talker.executor == "mp", decoder=config.code2wav.executor == "mp")
+        # an `mp` or `ray` stage loads its own weights: before its worker starts, this process lets go of them
+        self.model.release(talker=config.talker.executor != "uni", decoder=config.code2wav.executor != "uni")
         model = self.model
         self.info = ModelInfo(
             Task.of_model_type(model.model_type),
@@ -109,9 +110,13 @@ class Engine:
         factories = {}
         for kind, stage in configs.items():
             spec = StageSpec(kind, checkpoint, config.device, config.dtype, stage, config.chunking, config.decode)
-            build = build_in_worker if stage.executor == "mp" else functools.partial(build_from_model, self.model)
+            build = functools.partial(build_from_model, self.model) if stage.executor == "uni" else build_in_worker
             factories[kind] = functools.partial(build, spec)
+        self._ray = False  # holds a use of the Ray connection (`ray_cluster`)
         try:
+            if any(stage.executor == "ray" for stage in configs.values()):
+                ray_cluster.acquire(config.ray)
+                self._ray = True
             self.router.start(configs, factories, config.direct_link)
         except BaseException:
             self.close()
@@ -241,6 +246,9 @@ class Engine:
         self.probe.close()
         self.router.close(left)
         self._prep.close(left())
+        if self._ray:
+            self._ray = False
+            ray_cluster.release()
         self._remove_tmp()
 
     def _remove_tmp(self) -> None:

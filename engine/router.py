@@ -95,6 +95,7 @@ class Router:
         self._link_ring_bytes = configs["code2wav"].ring_mb * 2**20
         for kind in reversed(STAGES):
             config = configs[kind]
+            placement = {"placement": config.ray} if config.executor == "ray" else {}
             executor = make_executor(
                 config.executor,
                 factories[kind],
@@ -103,6 +104,7 @@ class Router:
                 config.threads,
                 functools.partial(self.on_death, kind),
                 ring_bytes=config.ring_mb * 2**20,
+                **placement,
             )
             policy = RestartPolicy(config.restart_backoff_s, config.restart_max_s)
             self.stages[kind], self.restarters[kind] = executor, Restarter(executor, policy, self._link)
