@@ -210,6 +210,7 @@ class EngineConfig:
     voice_cache_mb: float = 64.0
     close_grace_s: float = 10.0  # Engine.close: how long in-flight work may take to stop before workers are killed
     direct_link: bool = True  # mp-mp: code chunks go talker -> code2wav over their own ring (False: via the engine)
+    replicas: int = 1  # copies of the whole pipeline behind the one engine (`ray` stages each on their own resources)
 
     def __post_init__(self) -> None:
         if self.tiny_task not in TINY_TASKS:
@@ -222,6 +223,8 @@ class EngineConfig:
             raise ConfigError("code2wav.max_num_seqs must be a whole number >= 1, got None")
         if self.voice_cache_mb < 0:
             raise ConfigError(f"voice_cache_mb must be >= 0, got {self.voice_cache_mb}")
+        if not 1 <= self.replicas <= 64:
+            raise ConfigError(f"replicas must be between 1 and 64, got {self.replicas}")
         if not 0 <= self.close_grace_s < math.inf:
             raise ConfigError(f"close_grace_s must be a number of seconds >= 0, got {self.close_grace_s}")
 

@@ -72,8 +72,9 @@ class Stream:
 class Router:
     """Routes between the stages (each kept running by its `restarters` entry) and the streams."""
 
-    def __init__(self, places: int, rec: Recorder) -> None:
-        self.places, self.recorder = places, rec
+    def __init__(self, places: int, rec: Recorder, label: str = "") -> None:
+        """`label`: the replica's, put after each stage's name (its process, its threads, its events); "" alone."""
+        self.places, self.recorder, self.label = places, rec, label
         self.stages: dict[str, Executor] = {}
         self.restarters: dict[str, Restarter] = {}
         self.streams: dict[str, Stream] = {}
@@ -100,7 +101,7 @@ class Router:
                 config.executor,
                 factories[kind],
                 self.from_talker if kind == "talker" else self.from_code2wav,
-                kind,
+                f"{kind}{self.label}",
                 config.threads,
                 functools.partial(self.on_death, kind),
                 ring_bytes=config.ring_mb * 2**20,

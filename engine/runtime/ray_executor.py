@@ -40,6 +40,7 @@ class _Actor:
     """One actor and what the engine keeps of it; a restart makes a new one."""
 
     handle: Any
+    name: str  # its name in the cluster
     info: ActorInfo
     clock: ClockOffset
     seq: int = 0  # the next input's number
@@ -65,13 +66,14 @@ class RayExecutor(Executor):
         resources = dict(self.placement.resources)
         if self.placement.node is not None:  # every node offers one unit of "node:<its ip>"
             resources[f"node:{self.placement.node}"] = 0.001
+        name = f"{ACTOR_PREFIX}{os.getpid()}-{self.name}-{secrets.token_hex(4)}"
         with self._state_lock:
             self._check_open()
             handle = self._starting = _RemoteStageActor.options(
                 num_cpus=self.placement.num_cpus,
                 num_gpus=self.placement.num_gpus,
                 resources=resources,
-                name=f"{ACTOR_PREFIX}{os.getpid()}-{self.name}-{secrets.token_hex(4)}",
+                name=name,
             ).remote(self.factory, self.name, self.threads)
         try:
             info = ray.get(handle.ready.remote(), timeout=timeout)
@@ -87,7 +89,7 @@ class RayExecutor(Executor):
             self._starting = None
             closed = self._closed
             if problem is None and not closed:
-                a = self._a = _Actor(handle, info, clock)
+                a = self._a = _Actor(handle, name, info, clock)
                 a.thread = threading.Thread(target=self._receive, args=(a,), name=f"{self.name}-receiver", daemon=True)
                 a.thread.start()
                 get_recorder().instant(
@@ -113,6 +115,11 @@ class RayExecutor(Executor):
         """The actor's pid on its node (on another node, not one this process can signal)."""
         a = self._a
         return a.info.pid if a is not None else None
+
+    @property
+    def actor_name(self) -> str | None:
+        a = self._a
+        return a.name if a is not None else None
 
     @property
     def clock(self) -> ClockOffset | None:

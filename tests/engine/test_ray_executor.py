@@ -23,7 +23,7 @@ from engine import Engine, EngineConfig, EngineError  # noqa: E402
 from engine.config import DecodeConfig, RayPlacement, StageConfig  # noqa: E402
 from engine.model.sampling import SamplingParams  # noqa: E402
 from engine.runtime.ray_executor import ACTOR_PREFIX, RayExecutor  # noqa: E402
-from tests.engine.test_engine import assert_clean, clone, wait_until  # noqa: E402
+from tests.engine.test_engine import assert_clean, clone, collect, wait_until  # noqa: E402
 
 HALF_A_CPU = RayPlacement(num_cpus=0.5)
 
@@ -70,17 +70,17 @@ def audio(engine: Engine, clips) -> list[np.ndarray]:
     return [engine.synthesize(dataclasses.replace(r, request_id=f"{r.request_id}x")).wav for r in requests(clips)]
 
 
-def test_ray_gives_the_same_audio_as_uni_and_as_mp_greedy_and_seeded(ray_ray: Engine, checkpoints, clips) -> None:
-    """Against `uni`-`uni` and a mixed config (talker `mp`, code2wav `ray`): the ray actors, the mp worker and the
+def test_ray_gives_the_same_audio_as_uni_and_as_mp_greedy_and_seeded(
+    ray_ray: Engine, mixed: Engine, checkpoints, clips
+) -> None:
+    """`ray`-`ray` against `uni`-`uni` and against `mp`-`ray` (the `mixed` engine): the actors, the mp worker and the
     engine's threads all make the same bytes (test_engine.py holds `mp`-`mp` to `uni`-`uni` likewise)."""
-    assert all(isinstance(s, RayExecutor) for s in ray_ray.router.stages.values())
+    assert all(isinstance(s, RayExecutor) for s in ray_ray.stages.values())
     assert set(ray_ray.probe.worker_pids()) == {"talker", "code2wav"}  # each actor its own process
     got = audio(ray_ray, clips)
     with Engine(config(checkpoints["base"], "uni", "uni")) as uni:
         assert all(np.array_equal(ours, theirs) for ours, theirs in zip(got, audio(uni, clips), strict=True))
-    with Engine(config(checkpoints["base"], "mp", "ray")) as mixed:
-        assert [type(s).__name__ for s in mixed.router.stages.values()] == ["RayExecutor", "MpExecutor"]
-        assert all(np.array_equal(ours, theirs) for ours, theirs in zip(got, audio(mixed, clips), strict=True))
+    assert all(np.array_equal(ours, theirs) for ours, theirs in zip(got, audio(mixed, clips), strict=True))
 
 
 def test_the_actors_events_reach_the_timeline_with_their_handoffs(ray_ray: Engine, clips) -> None:
@@ -117,14 +117,86 @@ def test_a_killed_stage_actor_fails_its_requests_clearly_and_the_next_request_su
     assert ray_ray.requests_in_flight == 0
 
 
+@pytest.fixture(scope="module")
+def mixed(checkpoints) -> Engine:
+    """A mixed config, mixed: two copies of the pipeline, each with its talker in an `mp` worker and its code2wav
+    in a Ray actor of a quarter CPU (beside the module's `ray`-`ray` engine)."""
+    code2wav = StageConfig(executor="ray", max_num_seqs=4, ray=RayPlacement(num_cpus=0.25), restart_backoff_s=0.1)
+    with Engine(dataclasses.replace(config(checkpoints["base"], "mp", "uni"), code2wav=code2wav, replicas=2)) as engine:
+        yield engine
+
+
+def served_by(engine: Engine, timeline) -> dict[str, set[str]]:
+    """Stage process (of any replica) -> the requests whose messages it picked up."""
+    stage_of = {pid: name for name, pid in engine.probe.worker_pids().items()}
+    served: dict[str, set[str]] = {}
+    for e in timeline.events:
+        if e.name == "handoff" and e.pid in stage_of and e.request is not None:
+            served.setdefault(stage_of[e.pid], set()).add(e.request)
+    return served
+
+
+def test_two_replicas_serve_16_concurrent_requests_using_both_and_losing_none(mixed: Engine, clips) -> None:
+    assert set(mixed.stages) == {"talker@r0", "code2wav@r0", "talker@r1", "code2wav@r1"}
+    assert [type(s).__name__ for s in mixed.stages.values()] == ["RayExecutor", "MpExecutor"] * 2
+    mixed.probe.timeline()
+    requests = [clone(clips, frames=4 + i % 3) for i in range(16)]
+
+    async def all_at_once() -> list[list]:
+        return await asyncio.gather(*(collect(mixed, r) for r in requests))
+
+    streams = asyncio.run(asyncio.wait_for(all_at_once(), 120))
+    for request, chunks in zip(requests, streams, strict=True):
+        assert [c.index for c in chunks] == list(range(len(chunks))) and chunks[-1].is_last
+        assert sum(c.frames for c in chunks) == request.max_new_tokens - 1
+    served = served_by(mixed, mixed.probe.timeline())
+    talkers = {name: served.get(name, set()) for name in ("talker@r0", "talker@r1")}
+    assert all(talkers.values())  # both replicas used
+    assert set.union(*talkers.values()) == {r.request_id for r in requests}
+    assert sum(map(len, talkers.values())) == 16  # each request on one replica only
+    assert served["code2wav@r0"] == talkers["talker@r0"] and served["code2wav@r1"] == talkers["talker@r1"]
+    assert mixed.requests_in_flight == 0
+
+
+def test_a_replica_s_dead_actor_fails_only_that_replica_s_requests(mixed: Engine, clips) -> None:
+    async def outcome(stream) -> int | str:
+        """The frames the stream delivered in all, or the error that ended it."""
+        frames = 0
+        try:
+            async for chunk in stream:
+                frames += chunk.frames
+        except EngineError as exc:
+            return str(exc)
+        return frames
+
+    async def one_dies() -> None:
+        requests = [clone(clips, frames=40) for _ in range(4)]
+        streams = [mixed.generate(r) for r in requests]
+        firsts = [await anext(s) for s in streams]  # admitted in turn: two on each replica
+        replica = [mixed.router.replica_of(r.request_id) for r in requests]
+        assert sorted(replica) == [0, 0, 1, 1]
+        os.kill(mixed.stages["code2wav@r1"].pid, signal.SIGKILL)  # replica 1's code2wav actor
+        ends = await asyncio.gather(*(outcome(s) for s in streams))
+        for first, end, where in zip(firsts, ends, replica, strict=True):
+            if where == 1:
+                assert "the code2wav worker died while serving this request" in end
+            else:
+                assert first.frames + end == 40  # the other replica's requests are whole
+
+    asyncio.run(asyncio.wait_for(one_dies(), 90))
+    wait_until(lambda: mixed.router.restarters["code2wav@r1"].up, what="replica 1's new code2wav actor")
+    assert mixed.requests_in_flight == 0
+
+
 def test_close_leaves_no_actor_process_or_thread_behind(ray_ray: Engine, clips) -> None:
     """The module's last test: it closes the shared engine (its fixture's close then does nothing)."""
-    threads = {t for t in threading.enumerate() if t.name.startswith(("talker", "code2wav"))}
+    threads = {t for t in threading.enumerate() if t.name.split("-")[0] in ("talker", "code2wav")}  # not `mixed`'s
     pids = list(ray_ray.probe.worker_pids().values())
-    assert len(our_actors()) == 2 and all(psutil.pid_exists(p) for p in pids)
+    actors = {stage.actor_name for stage in ray_ray.stages.values()}
+    assert actors <= set(our_actors()) and all(psutil.pid_exists(p) for p in pids)
     ray_ray.close()
     assert not any(psutil.pid_exists(p) for p in pids)  # close waits for the actors' processes to be gone
-    assert our_actors() == []
+    assert actors & set(our_actors()) == set()
     assert not any(t.is_alive() for t in threads)
     assert ray.is_initialized()  # the cluster was the test's: left running
     with pytest.raises(EngineError, match="closed"):
