@@ -131,7 +131,8 @@ class RayExecutor(Executor):
         if a is None or a.dead:
             raise ExecutorError(f"{self.name} actor is not running")
         with self._lock:  # numbered in the order submitted: the actor hands them to the loop in that order
-            a.handle.submit.remote(a.seq, pack(message, get_recorder(), a.clock.to_theirs(0)))
+            seq = a.seq
+            pack(message, get_recorder(), a.clock.to_theirs(0), lambda packed: a.handle.submit.remote(seq, packed))
             a.seq += 1
 
     def call(self, request: Request, timeout_s: float = 60.0) -> Reply | None:

@@ -9,6 +9,7 @@ knows (`runtime.ray_clock`), so a HANDOFF span compares directly with the receiv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,19 +30,23 @@ class Packed:
     sent_ns: int  # on the receiver's clock
 
 
-def pack(msg: Any, rec: Recorder, offset_ns: int = 0) -> Packed:
-    """`msg` in its Ray form; `offset_ns`: the receiver's clock minus ours. Records SERIALIZE."""
+def pack(msg: Any, rec: Recorder, offset_ns: int = 0, send: Callable[[Packed], object] | None = None) -> Packed:
+    """`msg` in its Ray form; `offset_ns`: the receiver's clock minus ours. `send`: the Ray call that takes it, timed
+    with the packing (Ray serialises its arguments inside the call). Records SERIALIZE."""
     start = now_ns()
     name, fields, tensors = encode(msg)
     arrays = {}
     for field, t in tensors:
         t = t.detach().cpu()
         arrays[field] = ((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy(), str(t.dtype))
+    packed = Packed(name, fields, arrays, start + offset_ns)
+    if send is not None:
+        send(packed)
     request = getattr(msg, "request_id", None)
     if request is not None or tensors:  # a control message is not a hop of the data path
         nbytes = sum(a.nbytes for a, _ in arrays.values())
         rec.record_span(SERIALIZE, TRANSPORT, start, request=request, bytes=nbytes)
-    return Packed(name, fields, arrays, start + offset_ns)
+    return packed
 
 
 def unpack(packed: Packed, rec: Recorder) -> Any:
