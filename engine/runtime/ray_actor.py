@@ -40,18 +40,20 @@ class ActorInfo:
 class StageActor:
     """One stage in a Ray actor. Decorated with `ray.remote` by the executor (this module does not import Ray)."""
 
-    def __init__(self, factory: StageFactory, name: str, threads: int) -> None:
+    def __init__(self, factory: StageFactory, name: str, threads: int, engine_node: str) -> None:
+        """`engine_node`: the engine's node IP; on another node the actor's process (its track group in the
+        timeline) is named with its own node's too."""
         import ray
         import torch
 
         from telemetry.events import get_recorder, set_process_name
 
-        set_process_name(name)
+        self.info = ActorInfo(os.getpid(), socket.gethostname(), ray.util.get_node_ip_address())
+        set_process_name(name if self.info.node_ip == engine_node else f"{name} on {self.info.node_ip}")
         torch.set_num_threads(threads)
         self.rec = get_recorder()
         self.server = ControlServer(name, self.rec)
         self.offset_ns = 0  # the engine's clock minus ours (`set_offset`), put on the outputs' sent_ns
-        self.info = ActorInfo(os.getpid(), socket.gethostname(), ray.util.get_node_ip_address())
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[Packed | WorkerError | None] = queue.SimpleQueue()
         self._order_lock = threading.Lock()

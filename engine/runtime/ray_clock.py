@@ -33,6 +33,8 @@ class ClockOffset:
 
 def estimate(ask: Callable[[], int], same_node: bool, rounds: int = ROUNDS) -> ClockOffset:
     """`ask()` returns the actor's clock now (a blocking round trip)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     best_trip, best_offset, end = None, 0, 0
     for _ in range(rounds):
         start = now_ns()
@@ -40,5 +42,5 @@ def estimate(ask: Callable[[], int], same_node: bool, rounds: int = ROUNDS) -> C
         end = now_ns()
         if best_trip is None or end - start < best_trip:
             best_trip, best_offset = end - start, theirs - (start + end) // 2
-    assert best_trip is not None, "rounds must be >= 1"
+    assert best_trip is not None
     return ClockOffset(best_offset, best_trip // 2, end, applied=not same_node)

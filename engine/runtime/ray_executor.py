@@ -28,7 +28,7 @@ from engine.runtime.ray_actor import CONCURRENCY, ActorInfo, StageActor
 from engine.runtime.ray_clock import ClockOffset
 from engine.runtime.ray_wire import Packed, pack, unpack
 from engine.stages.messages import StageInput
-from telemetry.events import ENGINE, EventBatch, get_recorder
+from telemetry.events import CLOCK_OFFSET, ENGINE, EventBatch, get_recorder
 
 ACTOR_PREFIX = "voxtrace-"  # voxtrace-<pid of the engine>-<stage>-<random>: whose an actor is, in `ray list actors`
 KILL_WAIT_S = 5.0  # after ray.kill, how long this node's actor process may take to be gone
@@ -74,7 +74,7 @@ class RayExecutor(Executor):
                 num_gpus=self.placement.num_gpus,
                 resources=resources,
                 name=name,
-            ).remote(self.factory, self.name, self.threads)
+            ).remote(self.factory, self.name, self.threads, ray.util.get_node_ip_address())
         try:
             info = ray.get(handle.ready.remote(), timeout=timeout)
             same_node = info.node_ip == ray.util.get_node_ip_address()
@@ -92,15 +92,7 @@ class RayExecutor(Executor):
                 a = self._a = _Actor(handle, name, info, clock)
                 a.thread = threading.Thread(target=self._receive, args=(a,), name=f"{self.name}-receiver", daemon=True)
                 a.thread.start()
-                get_recorder().instant(
-                    "clock_offset",
-                    ENGINE,
-                    stage=self.name,
-                    node=info.node_ip,
-                    offset_ns=clock.offset_ns,
-                    error_ns=clock.error_ns,
-                    applied=clock.applied,
-                )
+                self._record_clock(a)
                 return
         self._kill(handle, None)
         raise ExecutorError(f"{self.name} stage is closed" if closed else f"{self.name} actor {problem}")
@@ -146,6 +138,7 @@ class RayExecutor(Executor):
                     a.clock = ray_clock.estimate(
                         lambda: ray.get(a.handle.clock.remote(), timeout=timeout_s), not a.clock.applied
                     )
+                    self._record_clock(a)
                 reply = ray.get(a.handle.call.remote(request), timeout=timeout_s)
             except GetTimeoutError:
                 raise ExecutorError(f"{self.name} actor did not answer {name} within {timeout_s:.0f} s") from None
@@ -158,6 +151,14 @@ class RayExecutor(Executor):
             batch.events = [e._replace(start_ns=a.clock.to_engine(e.start_ns)) for e in batch.events]
             reply = Events(batch.to_bytes())
         return reply
+
+    def _record_clock(self, a: _Actor) -> None:
+        """The offset and its error bound, into the engine's events (and so into every run's timeline)."""
+        c = a.clock
+        get_recorder().instant(
+            CLOCK_OFFSET, ENGINE, stage=self.name, node=a.info.node_ip, pid=a.info.pid, offset_ns=c.offset_ns,
+            error_ns=c.error_ns, applied=c.applied,
+        )  # fmt: skip
 
     def _stop(self, grace_s: float) -> None:
         """Stop the loop (within `grace_s`), then kill the actor and wait for its process. An actor still starting is

@@ -93,8 +93,11 @@ def test_the_actors_events_reach_the_timeline_with_their_handoffs(ray_ray: Engin
     # into the talker (the job, credits), back (code chunks), into code2wav (the star path), back (audio)
     assert {e.pid for e in handoffs} >= set(ray_ray.probe.worker_pids().values()) | {os.getpid()}
     assert all(e.dur_ns > 0 for e in handoffs)
-    for stage in ray_ray.router.stages.values():
+    for stage in ray_ray.stages.values():
         assert stage.clock is not None and not stage.clock.applied  # one node: one clock, nothing to correct
+    offsets = [e for e in timeline.events if e.name == "clock_offset"]  # re-measured at this drain, bound recorded
+    assert {e.args["stage"] for e in offsets} == {"talker", "code2wav"}
+    assert all(e.args["error_ns"] >= 0 and not e.args["applied"] for e in offsets)
 
 
 def test_a_killed_stage_actor_fails_its_requests_clearly_and_the_next_request_succeeds(ray_ray: Engine, clips) -> None:
