@@ -220,10 +220,11 @@ def build(app: AppState, uploads: Uploads) -> None:
     url_label = "or a remote OpenAI-compatible speech server (its URL, e.g. http://host:8000; empty: the config)"
     with gr.Row():
         with gr.Column():
-            c["config_a"] = gr.Dropdown(names, value=names[0], label="A: config")
+            c["config_a"] = gr.Dropdown(names, value=names[0], label="A: config", elem_id="vx-compare-config-a")
             c["url_a"] = gr.Textbox("", label=f"A: {url_label}", elem_id="vx-compare-url-a")
         with gr.Column():
-            c["config_b"] = gr.Dropdown(names, value=names[-1] if len(names) < 4 else names[3], label="B: config")
+            default_b = "current · mp-mp" if "current · mp-mp" in names else names[-1]  # uni against mp, to start with
+            c["config_b"] = gr.Dropdown(names, value=default_b, label="B: config", elem_id="vx-compare-config-b")
             c["url_b"] = gr.Textbox("", label=f"B: {url_label}", elem_id="vx-compare-url-b")
     with gr.Row():
         c["text"] = gr.Textbox("The same words, two engines.", label="text", scale=3)
