@@ -54,8 +54,9 @@ def test_mp_against_ray_side_by_side_on_the_same_requests(running_app: RunningAp
             page.goto(running_app.url + "/")
             page.get_by_role("tab", name="Compare").click()
             for side, name in (("a", "current · mp-mp"), ("b", "current · ray-ray")):
-                page.locator(f"#vx-compare-config-{side} input").click()
-                page.get_by_role("option", name=name, exact=True).click()
+                dropdown = page.locator(f"#vx-compare-config-{side}")
+                dropdown.locator("input").click()
+                dropdown.get_by_role("option", name=name, exact=True).click()
             page.locator("#vx-compare-frames input").fill("8")
             page.locator("#vx-compare").click()
             verdict = page.locator("#vx-compare-verdict")
@@ -68,6 +69,8 @@ def test_mp_against_ray_side_by_side_on_the_same_requests(running_app: RunningAp
             assert names == {f"{side}-{kind}.json" for side in sides for kind in ("trace", "metrics")}
             lab = page.locator("#vx-lab-status").inner_text()
             assert "talker mp · code2wav mp" in lab and "talker ray · code2wav ray" in lab
+            table = page.locator("#vx-compare-metrics").inner_text()  # the executors' overhead, side by side
+            assert "hand-off p50" in table and "transport cost per hand-off" in table
             shot = ROOT / "artifacts" / "compare-mp-ray.png"
             shot.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
