@@ -79,7 +79,7 @@ class RayExecutor(Executor):
             info = ray.get(handle.ready.remote(), timeout=timeout)
             same_node = info.node_ip == ray.util.get_node_ip_address()
             clock = ray_clock.estimate(lambda: ray.get(handle.clock.remote(), timeout=timeout), same_node)
-            handle.set_offset.remote(-clock.offset_ns if clock.applied else 0)
+            handle.set_offset.remote(clock.to_engine(0))
             problem = None
         except GetTimeoutError:
             problem = f"did not start within {timeout:.0f} s"
@@ -138,6 +138,7 @@ class RayExecutor(Executor):
                     a.clock = ray_clock.estimate(
                         lambda: ray.get(a.handle.clock.remote(), timeout=timeout_s), not a.clock.applied
                     )
+                    a.handle.set_offset.remote(a.clock.to_engine(0))  # the stamps on its outputs follow
                     self._record_clock(a)
                 reply = ray.get(a.handle.call.remote(request), timeout=timeout_s)
             except GetTimeoutError:
