@@ -14,7 +14,7 @@ import yaml
 
 from engine.request import Task
 
-EXECUTORS = ("uni", "mp")
+EXECUTORS = ("uni", "mp", "ray")  # the one list: the config, the app's choices and the tuner's knobs read it
 SAMPLING_MODES = ("fast", "official")
 DTYPES = ("float32", "bfloat16", "float16")
 TINY_TASKS = tuple(task.model_type for task in Task)  # the tiny builder builds one checkpoint per model type
@@ -26,8 +26,31 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class RayPlacement:
+    """Where a `ray` stage's actor runs: the resources it reserves on the cluster (Ray's own units: CPUs, GPUs, custom
+    resources) and, optionally, the node (its IP address) it must run on."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    node: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be >= 0, got {value!r}")
+        for key, value in self.resources.items():
+            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"resources must map names to amounts >= 0, got {key!r}: {value!r}")
+        if self.node is not None and (not isinstance(self.node, str) or not self.node.strip()):
+            raise ConfigError(f"node must be a node's IP address, got {self.node!r}")
+
+
+@dataclass
 class StageConfig:
-    """How one stage runs: in the engine's process (`uni`, a thread) or its own worker process (`mp`)."""
+    """How one stage runs: in the engine's process (`uni`, a thread), its own worker process (`mp`), or a Ray actor
+    (`ray`, placed by `ray`)."""
 
     executor: str = "uni"
     # talker: requests in the running batch; code2wav: requests decoded in one batch. In an EngineConfig the talker's
@@ -41,6 +64,7 @@ class StageConfig:
     # stage stays down. Meanwhile its requests fail fast with StageUnavailable.
     restart_backoff_s: float = 0.5
     restart_max_s: float = 300.0
+    ray: RayPlacement = field(default_factory=RayPlacement)  # ray: the actor's resources and node
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -151,6 +175,26 @@ class MemoryConfig:
 
 
 @dataclass
+class RayClusterConfig:
+    """The Ray cluster `ray` stages run on: `address` (or the RAY_ADDRESS variable) names a running one; with
+    neither, the engine starts a local one for itself (with `num_cpus` CPUs, None: all of this machine's, and an
+    object store of `object_store_mb`) and stops it when the last engine using it closes."""
+
+    address: str | None = None
+    namespace: str = "voxtrace"
+    num_cpus: int | None = None
+    object_store_mb: int = 256
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"ray.num_cpus must be >= 1, got {self.num_cpus}")
+        if self.object_store_mb < 80:  # Ray refuses a store below 75 MiB
+            raise ConfigError(f"ray.object_store_mb must be >= 80, got {self.object_store_mb}")
+        if not self.namespace:
+            raise ConfigError("ray.namespace must not be empty")
+
+
+@dataclass
 class EngineConfig:
     model: str | None = None  # checkpoint folder or Hub id; None: the embedded tiny random model
     tiny_task: str = "base"  # which tiny model to build when `model` is None
@@ -162,9 +206,11 @@ class EngineConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    ray: RayClusterConfig = field(default_factory=RayClusterConfig)
     voice_cache_mb: float = 64.0
     close_grace_s: float = 10.0  # Engine.close: how long in-flight work may take to stop before workers are killed
     direct_link: bool = True  # mp-mp: code chunks go talker -> code2wav over their own ring (False: via the engine)
+    replicas: int = 1  # copies of the whole pipeline behind the one engine (`ray` stages each on their own resources)
 
     def __post_init__(self) -> None:
         if self.tiny_task not in TINY_TASKS:
@@ -177,6 +223,8 @@ class EngineConfig:
             raise ConfigError("code2wav.max_num_seqs must be a whole number >= 1, got None")
         if self.voice_cache_mb < 0:
             raise ConfigError(f"voice_cache_mb must be >= 0, got {self.voice_cache_mb}")
+        if not 1 <= self.replicas <= 64:
+            raise ConfigError(f"replicas must be between 1 and 64, got {self.replicas}")
         if not 0 <= self.close_grace_s < math.inf:
             raise ConfigError(f"close_grace_s must be a number of seconds >= 0, got {self.close_grace_s}")
 
@@ -206,16 +254,6 @@ def load_yaml(path: str | Path, what: str, build: Callable[[dict[str, Any]], T])
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-_SECTIONS = {
-    "talker": StageConfig,
-    "code2wav": StageConfig,
-    "chunking": ChunkingConfig,
-    "limits": LimitsConfig,
-    "decode": DecodeConfig,
-    "memory": MemoryConfig,
-}
-
-
 def _build(cls: type, raw: dict[str, Any], where: str, base: Any = None) -> Any:
     """Nested dataclass from a dict, refusing unknown keys and wrong value types by name; keys left out keep `base`'s
     values (a section: EngineConfig's default for it, so a talker section without max_num_seqs leaves it to the
@@ -229,10 +267,11 @@ def _build(cls: type, raw: dict[str, Any], where: str, base: Any = None) -> Any:
     kwargs = {}
     defaults = cls()
     for name, value in raw.items():
-        if cls is EngineConfig and name in _SECTIONS:
-            kwargs[name] = _build(_SECTIONS[name], value, f"{where}{name}.", getattr(defaults, name))
-            continue
         default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default):  # a section (talker, talker.ray, ...): built key by key
+            section = getattr(base, name) if base is not None else default
+            kwargs[name] = _build(type(default), value, f"{where}{name}.", section)
+            continue
         if value is None and base is not None and getattr(base, name) is None:  # null: as the default, to be picked
             kwargs[name] = value
             continue

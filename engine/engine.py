@@ -2,7 +2,8 @@
 and comes back as audio chunks, each stage running under its configured executor (`uni` thread or `mp` worker).
 
 Three beats: admit (check the fields, take a place, prepare the prompt on the prep thread), step the stages (their
-executors), route the results (`engine.router.Router`: the places, the paths between the stages, credits, deaths).
+executors), route the results (`engine.router.Router`: the places, the paths between the stages, credits, deaths;
+one per replica, `engine.replicas.Replicas`, which sends each request to the least loaded).
 What a profiler may ask of the engine's processes is `Engine.probe` (`engine.runtime.probe`).
 
 Failures stay small: a bad field is refused before the request takes a place (`RequestError`); a stage that fails one
@@ -34,8 +35,9 @@ from engine.model.loading import find_checkpoint
 from engine.model.qwen3_tts import Qwen3TTS, VoicePrompt
 from engine.model.tiny import build_checkpoint
 from engine.prep import PromptPrep
+from engine.replicas import Replicas
 from engine.request import AudioChunk, EngineError, ModelInfo, RequestError, SpeechRequest, Task
-from engine.router import Router
+from engine.runtime import Executor, ray_cluster
 from engine.runtime.probe import Probe
 from engine.runtime.serial import SerialExecutor
 from engine.stages.factory import StageSpec, build_from_model, build_in_worker
@@ -87,8 +89,8 @@ class Engine:
             torch.set_num_threads(max(uni_threads))
         dtype = getattr(torch, config.dtype) if config.dtype else None
         self.model = Qwen3TTS.from_pretrained(checkpoint, device=config.device, dtype=dtype)
-        # an `mp` stage loads its own weights: before its worker starts, this process lets go of them
-        self.model.release(talker=config.talker.executor == "mp", decoder=config.code2wav.executor == "mp")
+        # an `mp` or `ray` stage loads its own weights: before its worker starts, this process lets go of them
+        self.model.release(talker=config.talker.executor != "uni", decoder=config.code2wav.executor != "uni")
         model = self.model
         self.info = ModelInfo(
             Task.of_model_type(model.model_type),
@@ -103,16 +105,23 @@ class Engine:
         )
         self._prep = SerialExecutor("prompt-prep")
         self.recorder = get_recorder()
-        self.router = Router(config.talker.max_num_seqs + config.limits.max_waiting, self.recorder)
-        self.probe = Probe(self.router.stages, self.recorder)
+        places = config.talker.max_num_seqs + config.limits.max_waiting
+        self.router = Replicas(config.replicas, places, config.talker.max_num_seqs, self.recorder)
+        self.stages: dict[str, Executor] = {}  # every replica's, by name: what the probe asks
+        self.probe = Probe(self.stages, self.recorder)
         configs = {"talker": config.talker, "code2wav": config.code2wav}
         factories = {}
         for kind, stage in configs.items():
             spec = StageSpec(kind, checkpoint, config.device, config.dtype, stage, config.chunking, config.decode)
-            build = build_in_worker if stage.executor == "mp" else functools.partial(build_from_model, self.model)
+            build = functools.partial(build_from_model, self.model) if stage.executor == "uni" else build_in_worker
             factories[kind] = functools.partial(build, spec)
+        self._ray = False  # holds a use of the Ray connection (`ray_cluster`)
         try:
+            if any(stage.executor == "ray" for stage in configs.values()):
+                ray_cluster.acquire(config.ray)
+                self._ray = True
             self.router.start(configs, factories, config.direct_link)
+            self.stages.update(self.router.stages)
         except BaseException:
             self.close()
             raise
@@ -195,7 +204,7 @@ class Engine:
         talker prefills, not when the first chunk comes (code2wav skips a prefix it holds or is decoding already)."""
         job = self.prep.prepare(request)
         if job.ref_codes is not None:
-            self.router.warm(WarmPrefix(job.ref_codes.cpu()))
+            self.router.warm(WarmPrefix(job.ref_codes.cpu()), request.request_id)
         return job
 
     def _prepare_voice(self, ref_audio: bytes, icl: bool) -> VoicePrompt:
@@ -241,6 +250,9 @@ class Engine:
         self.probe.close()
         self.router.close(left)
         self._prep.close(left())
+        if self._ray:
+            self._ray = False
+            ray_cluster.release()
         self._remove_tmp()
 
     def _remove_tmp(self) -> None:

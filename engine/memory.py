@@ -198,7 +198,7 @@ class _Costs:
             (self.config.talker, talker, self.speaker_encoder),
             (self.config.code2wav, code2wav, self.codec_encoder),
         ):
-            if stage.executor == "mp":
+            if stage.executor != "uni":  # its own process: an `mp` worker or a `ray` actor
                 workers.append(worker)
             else:  # in the engine's process, sharing the part prep uses
                 engine = dataclasses.replace(

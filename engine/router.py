@@ -72,8 +72,9 @@ class Stream:
 class Router:
     """Routes between the stages (each kept running by its `restarters` entry) and the streams."""
 
-    def __init__(self, places: int, rec: Recorder) -> None:
-        self.places, self.recorder = places, rec
+    def __init__(self, places: int, rec: Recorder, label: str = "") -> None:
+        """`label`: the replica's, put after each stage's name (its process, its threads, its events); "" alone."""
+        self.places, self.recorder, self.label = places, rec, label
         self.stages: dict[str, Executor] = {}
         self.restarters: dict[str, Restarter] = {}
         self.streams: dict[str, Stream] = {}
@@ -95,14 +96,16 @@ class Router:
         self._link_ring_bytes = configs["code2wav"].ring_mb * 2**20
         for kind in reversed(STAGES):
             config = configs[kind]
+            placement = {"placement": config.ray} if config.executor == "ray" else {}
             executor = make_executor(
                 config.executor,
                 factories[kind],
                 self.from_talker if kind == "talker" else self.from_code2wav,
-                kind,
+                f"{kind}{self.label}",
                 config.threads,
                 functools.partial(self.on_death, kind),
                 ring_bytes=config.ring_mb * 2**20,
+                **placement,
             )
             policy = RestartPolicy(config.restart_backoff_s, config.restart_max_s)
             self.stages[kind], self.restarters[kind] = executor, Restarter(executor, policy, self._link)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from engine.config import ConfigError, EngineConfig
+from engine.config import EXECUTORS, ConfigError, EngineConfig
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,11 @@ class Knob:
     signals: tuple[str, ...]  # what the profiler shows about it (profiling.evidence.SIGNALS)
 
 
+# `ray` is not tried by default (each trial would start actors on a cluster): a workload's `space:` may name it
+LOCAL_EXECUTORS = tuple(e for e in EXECUTORS if e != "ray")
 KNOBS: tuple[Knob, ...] = (
-    Knob("talker.executor", ("uni", "mp"), ("talker_busy_pct", "transfer_ms_per_request", "cpu_percent")),
-    Knob("code2wav.executor", ("uni", "mp"), ("code2wav_busy_pct", "talker_busy_pct", "transfer_ms_per_request")),
+    Knob("talker.executor", LOCAL_EXECUTORS, ("talker_busy_pct", "transfer_ms_per_request", "cpu_percent")),
+    Knob("code2wav.executor", LOCAL_EXECUTORS, ("code2wav_busy_pct", "talker_busy_pct", "transfer_ms_per_request")),
     Knob("talker.max_num_seqs", (4, 8, 16, 32), ("talker_batch_mean", "talker_queue_p99_ms")),
     Knob("code2wav.max_num_seqs", (1, 4, 8), ("code2wav_batch_mean", "code2wav_busy_pct")),
     Knob("chunking.first_chunk_frames", (1, 2, 4), ("ttfa_p99_ms", "underrun_p99_ms")),

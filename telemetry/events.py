@@ -43,6 +43,9 @@ LAST_AUDIO = "last_audio"
 FINISHED = "finished"
 MILESTONES = (ADMITTED, PROMPT_READY, PREFILL_START, FIRST_CODE_CHUNK, FIRST_AUDIO, LAST_AUDIO, FINISHED)
 AUDIO_CHUNK = "audio_chunk"  # instant per chunk handed to the caller, args: samples=<int>
+# engine instant per `ray` actor, at its start and each drain: its clock's offset from the engine's and the bound on
+# that estimate's error (args: stage, node, pid, offset_ns, error_ns, applied)
+CLOCK_OFFSET = "clock_offset"
 
 # span names (the track says which stage)
 PROMPT_PREP = "prompt_prep"  # engine: text tokens, x-vector, ref codes

@@ -1,4 +1,5 @@
-"""Executors: where a stage's loop runs. Same interface for both, so each stage picks one in its config.
+"""Executors: where a stage's loop runs. Same interface for all, so each stage picks one in its config (the third,
+`RayExecutor`, a Ray actor, lives in `runtime.ray_executor`, loaded only when a stage asks for it).
 
 - `UniExecutor`: a thread of the engine's process; messages pass as they are (no copy, tensors stay on their device).
   Its transport events (HANDOFF, bytes=0: submit to pick-up) and the stage's own events land in the engine's

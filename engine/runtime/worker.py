@@ -9,42 +9,26 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from engine.runtime import link
-from engine.runtime.control import (
-    AttachInput,
-    AttachOutput,
-    CaptureStopped,
-    ControlFailed,
-    Done,
-    DrainEvents,
-    Events,
-    Ready,
-    Reply,
-    Request,
-    SetRecording,
-    StartCapture,
-    Stop,
-    StopCapture,
-    WorkerError,
-)
+from engine.runtime.control import AttachInput, AttachOutput, Ready, Request, Stop, WorkerError
+from engine.runtime.control_server import ControlServer
 from engine.runtime.loop import STOP, StageFactory, stage_loop
 from engine.runtime.transport import PeerGone, Receiver, Sender, ShmRing, TransportError
 from engine.stages.messages import Cancel, CodeChunk, Failed, StageOutput
 from engine.stages.stage import Stage
-from telemetry.capture import TorchCapture
 from telemetry.events import Recorder
 
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class Worker(ControlServer):
     """The worker's side of its channels: the engine's inbox and outbox, the links it reads from (`upstream`), and
     the link its code chunks go down (`downstream`, None: they go back to the engine)."""
 
     def __init__(self, stage: Stage, name: str, inbox: Receiver, outbox: Sender, rec: Recorder) -> None:
-        self.stage, self.name, self.inbox, self.outbox, self.rec = stage, name, inbox, outbox, rec
+        super().__init__(name, rec)
+        self.stage, self.inbox, self.outbox = stage, inbox, outbox
         self.upstream: dict[Connection, Receiver] = {}
         self.downstream: Sender | None = None
-        self.capture: TorchCapture | None = None
 
     def get(self, block: bool) -> Any:
         """The next stage input (the engine's first), STOP, or None when not blocking and nothing is pending."""
@@ -70,31 +54,19 @@ class Worker:
                 return msg
             self.outbox.send(self.serve(msg))
 
-    def serve(self, request: Request) -> Reply:
-        """One control request, answered; a failure is the answer, never the worker's end."""
-        try:
-            match request:
-                case DrainEvents():
-                    return Events(self.rec.drain_batch().to_bytes())
-                case SetRecording(enabled=enabled):
-                    self.rec.enabled = enabled
-                case StartCapture(tb_dir=tb_dir) if self.capture is None:
-                    self.capture = TorchCapture(tb_dir, self.name, self.rec)
-                    self.capture.start()
-                case StopCapture():
-                    capture, self.capture = self.capture, None
-                    return CaptureStopped(capture.stop() if capture is not None else None)
-                case AttachInput():
-                    end = link.attach_input(request, self.inbox.conn, self.rec)
-                    self.upstream[end.conn] = end
-                case AttachOutput():
-                    end = link.attach_output(request, self.inbox.conn, self.rec)
-                    if self.downstream is not None:
-                        link.close_end(self.downstream)
-                    self.downstream = end
-        except Exception as exc:
-            return ControlFailed(f"{type(exc).__name__}: {exc}")
-        return Done()
+    def serve_more(self, request: Request) -> None:
+        """The worker's own questions: its ends of direct links."""
+        match request:
+            case AttachInput():
+                end = link.attach_input(request, self.inbox.conn, self.rec)
+                self.upstream[end.conn] = end
+            case AttachOutput():
+                end = link.attach_output(request, self.inbox.conn, self.rec)
+                if self.downstream is not None:
+                    link.close_end(self.downstream)
+                self.downstream = end
+            case _:
+                super().serve_more(request)
 
     def emit(self, out: StageOutput) -> None:
         """A stage output to the engine, or a code chunk down the direct link when there is one."""

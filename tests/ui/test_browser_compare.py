@@ -35,3 +35,37 @@ def test_our_engine_against_a_remote_server_by_url(running_app: RunningApp) -> N
             keep_screenshot(page, "compare")
         finally:
             browser.close()
+
+
+def test_mp_against_ray_side_by_side_on_the_same_requests(running_app: RunningApp) -> None:
+    """The two multi-process executors on the same requests: each side's timeline, overhead and figures, the lab
+    engines named by executor (the `ray` one on a local Ray cluster the app starts for it)."""
+    with sync_api.sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(running_app.url + "/")
+            page.get_by_role("tab", name="Compare").click()
+            for side, name in (("a", "current · mp-mp"), ("b", "current · ray-ray")):
+                dropdown = page.locator(f"#vx-compare-config-{side}")
+                dropdown.locator("input").click()
+                dropdown.get_by_role("option", name=name, exact=True).click()
+            page.locator("#vx-compare-frames input").fill("8")
+            page.locator("#vx-compare").click()
+            verdict = page.locator("#vx-compare-verdict")
+            verdict.get_by_text("for this workload").wait_for(timeout=240_000)
+            assert "A · current · mp-mp" in verdict.inner_text() and "B · current · ray-ray" in verdict.inner_text()
+            files = page.locator("#vx-compare-files")
+            files.locator('a[download="B-ray-ray-trace.json"]').wait_for(timeout=30_000)
+            names = {link.get_attribute("download") for link in files.locator("a[download]").all()}
+            sides = ("A-mp-mp", "B-ray-ray")
+            assert names == {f"{side}-{kind}.json" for side in sides for kind in ("trace", "metrics")}
+            lab = page.locator("#vx-lab-status").inner_text()
+            assert "talker mp · code2wav mp" in lab and "talker ray · code2wav ray" in lab
+            table = page.locator("#vx-compare-metrics").inner_text()  # the executors' overhead, side by side
+            assert "hand-off p50" in table and "transport cost per hand-off" in table
+            shot = ROOT / "artifacts" / "compare-mp-ray.png"
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()

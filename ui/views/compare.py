@@ -29,6 +29,12 @@ from ui.uploads import Uploads
 from ui.views.form import form_inputs
 from ui.views.workload import Workload
 
+
+def _per_transfer(result: Any, value: float) -> float:
+    """`value`, or nan for a run with no hand-offs seen (a remote server's: only its client is timed here)."""
+    return value if result.ipc.transfers else float("nan")
+
+
 # (label, getter of a RunResult, lower is better)
 ROWS: list[tuple[str, Any, bool]] = [
     ("wall time (s)", lambda r: r.metrics.wall_s, True),
@@ -40,6 +46,14 @@ ROWS: list[tuple[str, Any, bool]] = [
     ("underrun p99 (s)", lambda r: r.metrics.underrun_s.p99, True),
     ("CPU % (engine processes, 100 = a core)", lambda r: r.cpu_percent, True),
     ("GPU busy % (NVML)", lambda r: r.gpu_busy_mean_percent, False),
+    # what the executors cost (mp against ray, say): every hand-off between stages, from the profiler's spans
+    ("stage hand-offs (count)", lambda r: r.ipc.transfers or float("nan"), True),
+    ("hand-off p50 (ms, sender's stamp to pickup)", lambda r: _per_transfer(r, r.ipc.handoff_s.p50 * 1e3), True),
+    (
+        "transport cost per hand-off (µs: serialize + copy + wait)",
+        lambda r: _per_transfer(r, (r.ipc.serialize_s + r.ipc.copy_s + r.ipc.wait_s) / max(r.ipc.transfers, 1) * 1e6),
+        True,
+    ),
 ]
 REMOTE_NOTE = "A remote server's CPU and GPU are not sampled from here: its figures are what the client measured."
 
@@ -223,10 +237,11 @@ def build(app: AppState, uploads: Uploads) -> None:
     )
     with gr.Row():
         with gr.Column():
-            c["config_a"] = gr.Dropdown(names, value=names[0], label="A: config")
+            c["config_a"] = gr.Dropdown(names, value=names[0], label="A: config", elem_id="vx-compare-config-a")
             c["url_a"] = gr.Textbox("", label=f"A: {url_label}", elem_id="vx-compare-url-a")
         with gr.Column():
-            c["config_b"] = gr.Dropdown(names, value=names[-1] if len(names) < 4 else names[3], label="B: config")
+            default_b = "current · mp-mp" if "current · mp-mp" in names else names[-1]  # uni against mp, to start with
+            c["config_b"] = gr.Dropdown(names, value=default_b, label="B: config", elem_id="vx-compare-config-b")
             c["url_b"] = gr.Textbox("", label=f"B: {url_label}", elem_id="vx-compare-url-b")
     with gr.Row():
         c["text"] = gr.Textbox("The same words, two engines.", label="text", scale=3)
@@ -238,7 +253,9 @@ def build(app: AppState, uploads: Uploads) -> None:
     lab = gr.Markdown(lambda: app.engines.lab.status().markdown(), elem_id="vx-lab-status")  # refreshed on load
     go_button = gr.Button("Compare", variant="primary", elem_id="vx-compare")
     verdict_md = gr.Markdown(elem_id="vx-compare-verdict")
-    table = gr.Dataframe(headers=["metric", "A", "B", "B − A", "B / A"], label="metrics", interactive=False)
+    table = gr.Dataframe(
+        headers=["metric", "A", "B", "B − A", "B / A"], label="metrics", interactive=False, elem_id="vx-compare-metrics"
+    )
     plot = gr.Plot(label="timelines on a shared time axis")
     files = gr.File(label="traces and metrics, named by side", file_count="multiple", elem_id="vx-compare-files")
 

@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from engine import EngineConfig, EngineError, RequestError, Task
+from engine.config import EXECUTORS
 from engine.request import TASKS
 from ui.engines import Engines
 from ui.heard import Heard
@@ -29,8 +30,8 @@ from ui.views.render import capture_note, figures, request_cards
 def engine_controls(config: EngineConfig) -> dict[str, gr.components.Component]:
     """Executor per stage and the main engine settings, by their `SynthesisForm` names, set as `config` has them."""
     with gr.Row():
-        talker = gr.Radio(["uni", "mp"], value=config.talker.executor, label="talker executor")
-        code2wav = gr.Radio(["uni", "mp"], value=config.code2wav.executor, label="code2wav executor")
+        talker = gr.Radio(list(EXECUTORS), value=config.talker.executor, label="talker executor")
+        code2wav = gr.Radio(list(EXECUTORS), value=config.code2wav.executor, label="code2wav executor")
     with gr.Row():
         seqs = gr.Slider(1, 32, value=config.talker.max_num_seqs, step=1, label="talker max_num_seqs")
         first = gr.Slider(
