@@ -64,8 +64,6 @@ def test_mp_against_ray_side_by_side_on_the_same_requests(running_app: RunningAp
             assert "talker mp · code2wav mp" in lab and "talker ray · code2wav ray" in lab
             table = page.locator("#vx-compare-metrics").inner_text()  # the executors' overhead, side by side
             assert "hand-off p50" in table and "transport cost per hand-off" in table
-            shot = ROOT / "artifacts" / "compare-mp-ray.png"
-            shot.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(shot), full_page=True)
+            keep_screenshot(page, "compare-mp-ray")
         finally:
             browser.close()

@@ -10,7 +10,7 @@ import re
 import yaml
 
 from engine import EngineConfig
-from tests.ui.browser import launch, playwright
+from tests.ui.browser import keep_screenshot, launch, playwright
 from tests.ui.conftest import RunningApp
 
 sync_api = playwright()
@@ -79,5 +79,6 @@ def test_a_small_tune_shows_progress_fills_the_chart_and_offers_the_config(runni
             config = EngineConfig.from_dict(yaml.safe_load(response.text()))  # what app.py --config takes
             assert config.chunking.first_chunk_frames in (1, 2) and config.tiny_task == "base"
             assert "model: null" in page.locator("#vx-tune-yaml").inner_text()
+            keep_screenshot(page, "tune")
         finally:
             browser.close()
