@@ -54,6 +54,21 @@ def wait_until(condition, timeout: float = 60.0, what: str = "the condition") ->
         time.sleep(0.01)
 
 
+def kill_mid_stream(engine: Engine, clips, pid: int) -> EngineError:
+    """A long request's first chunk, then SIGKILL to the worker `pid`: what the rest of that stream raised."""
+
+    async def killed() -> EngineError:
+        stream = engine.generate(clone(clips, frames=2000))
+        await anext(stream)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineError) as died:
+            async for _ in stream:
+                pass
+        return died.value
+
+    return asyncio.run(asyncio.wait_for(killed(), 60))
+
+
 def our_rings() -> set[str]:
     """The shared-memory segments this process made (other processes may make and drop theirs meanwhile)."""
     return {name for name in os.listdir("/dev/shm") if name.startswith(f"{RING_PREFIX}{os.getpid()}_")}
@@ -231,17 +246,9 @@ def test_a_cancelled_stream_frees_its_slot(checkpoints, clips) -> None:
 def test_a_killed_worker_fails_its_requests_and_is_replaced(checkpoints, clips) -> None:
     with Engine(engine_config(checkpoints["base"], "mp", "uni")) as engine:
         pid = engine.router.stages["talker"].pid
-
-        async def killed_mid_stream() -> None:
-            stream = engine.generate(clone(clips, frames=2000))
-            await anext(stream)
-            os.kill(pid, signal.SIGKILL)
-            with pytest.raises(EngineError, match="talker worker died") as died:
-                async for _ in stream:
-                    pass
-            assert_clean(str(died.value))  # the exit status and any traceback are in the log, not here
-
-        asyncio.run(asyncio.wait_for(killed_mid_stream(), 60))
+        died = str(kill_mid_stream(engine, clips, pid))
+        assert "talker worker died" in died
+        assert_clean(died)  # the exit status and any traceback are in the log, not here
         wait_until(lambda: engine.ready()["talker"], what="a new talker worker")
         assert sum(c.frames for c in engine.synthesize(clone(clips, frames=5)).chunks) == 5
         assert engine.router.stages["talker"].pid != pid and engine.requests_in_flight == 0
@@ -254,21 +261,13 @@ def test_a_replacement_killed_in_its_start_up_is_replaced_again(checkpoints, cli
         talker = engine.router.stages["talker"]
         first = talker.pid
 
-        async def killed_twice() -> None:
-            stream = engine.generate(clone(clips, frames=2000))
-            await anext(stream)
-            os.kill(first, signal.SIGKILL)
-            with pytest.raises(EngineError, match="talker worker died"):
-                async for _ in stream:
-                    pass
-            await asyncio.to_thread(wait_until, lambda: talker.pid not in (None, first), what="the replacement")
-            os.kill(talker.pid, signal.SIGKILL)  # it is still loading its weights
-            try:  # meanwhile a request gets an answer at once (unless a third worker is already up)
-                await collect(engine, clone(clips, frames=3))
-            except StageUnavailable as exc:
-                assert exc.stage == "talker"
-
-        asyncio.run(asyncio.wait_for(killed_twice(), 60))
+        assert "talker worker died" in str(kill_mid_stream(engine, clips, first))
+        wait_until(lambda: talker.pid not in (None, first), what="the replacement")
+        os.kill(talker.pid, signal.SIGKILL)  # it is still loading its weights
+        try:  # meanwhile a request gets an answer at once (unless a third worker is already up)
+            asyncio.run(asyncio.wait_for(collect(engine, clone(clips, frames=3)), 60))
+        except StageUnavailable as exc:
+            assert exc.stage == "talker"
         wait_until(lambda: engine.ready()["talker"], what="a third talker worker")
         assert sum(c.frames for c in engine.synthesize(clone(clips, frames=5)).chunks) == 5
         assert engine.requests_in_flight == 0

@@ -5,6 +5,8 @@ its absence is an error."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,3 +47,18 @@ def keep_screenshot(page: Any, name: str) -> Path:
         image = image.crop((0, 0, image.width, min(image.height, 1500)))
         image.resize((image.width * 2 // 3, image.height * 2 // 3)).quantize(128).save(ROOT / "docs" / f"{name}.png")
     return shot
+
+
+@contextmanager
+def page_at(url: str, *args: str, width: int = 1400, height: int = 1000) -> Iterator[Any]:
+    """A page of a fresh headless chromium (`args` added to its flags) opened at `url`; the browser closes after."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p, *args)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()

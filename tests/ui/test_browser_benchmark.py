@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.ui.browser import keep_screenshot, launch, playwright
+from tests.ui.browser import keep_screenshot, page_at, playwright
 from tests.ui.conftest import RunningApp
 
 sync_api = playwright()
@@ -19,29 +19,23 @@ def x_ticks(page: Any, plot: str) -> set[str]:
 
 
 def test_a_small_benchmark_shows_whole_concurrency_levels_and_opens_again_in_runs(running_app: RunningApp) -> None:
-    with sync_api.sync_playwright() as p:
-        browser = launch(p)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(running_app.url + "/")
-            page.get_by_role("tab", name="Benchmark").click()
-            page.get_by_label("concurrency levels").fill("1,2")
-            page.get_by_label("requests per level").fill("2")
-            page.get_by_label("max frames per request").fill("6")
-            page.locator("#vx-benchmark").click()
-            assert x_ticks(page, "#vx-benchmark-chart") == {"1", "2"}  # no 1.2, 1.4 ...
-            cells = page.locator("#vx-benchmark-table tbody td").all_inner_texts()
-            assert cells and not [c for c in cells if re.search(r"\d\.\d{4,}", c)]  # rounded to 3 digits
-            run_id = running_app.state.runs.newest_first()[0].id
-            assert run_id.startswith("benchmark-")
-            keep_screenshot(page, "benchmark")
+    with page_at(running_app.url + "/") as page:
+        page.get_by_role("tab", name="Benchmark").click()
+        page.get_by_label("concurrency levels").fill("1,2")
+        page.get_by_label("requests per level").fill("2")
+        page.get_by_label("max frames per request").fill("6")
+        page.locator("#vx-benchmark").click()
+        assert x_ticks(page, "#vx-benchmark-chart") == {"1", "2"}  # no 1.2, 1.4 ...
+        cells = page.locator("#vx-benchmark-table tbody td").all_inner_texts()
+        assert cells and not [c for c in cells if re.search(r"\d\.\d{4,}", c)]  # rounded to 3 digits
+        run_id = running_app.state.runs.newest_first()[0].id
+        assert run_id.startswith("benchmark-")
+        keep_screenshot(page, "benchmark")
 
-            page.get_by_role("tab", name="Runs").click()  # the tab's list picks the newest run: this sweep
-            sync_api.expect(page.get_by_role("listbox", name="run")).to_have_value(run_id, timeout=30_000)
-            page.locator("#vx-open-run").click()
-            assert x_ticks(page, "#vx-run-plot-0") == {"1", "2"}  # its own chart again
-            sync_api.expect(page.locator("#vx-run-plot-1")).to_be_hidden()  # no utilization of another run
-            sync_api.expect(page.locator("#vx-run-plot-2")).to_be_hidden()
-            keep_screenshot(page, "runs")
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Runs").click()  # the tab's list picks the newest run: this sweep
+        sync_api.expect(page.get_by_role("listbox", name="run")).to_have_value(run_id, timeout=30_000)
+        page.locator("#vx-open-run").click()
+        assert x_ticks(page, "#vx-run-plot-0") == {"1", "2"}  # its own chart again
+        sync_api.expect(page.locator("#vx-run-plot-1")).to_be_hidden()  # no utilization of another run
+        sync_api.expect(page.locator("#vx-run-plot-2")).to_be_hidden()
+        keep_screenshot(page, "runs")
