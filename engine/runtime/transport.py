@@ -252,7 +252,7 @@ class Receiver:
             self.ring.tail = ring_end
             try:
                 os.write(self.doorbell.fileno(), b"\x01")  # a full doorbell pipe is already ringing
-            except BlockingIOError:
+            except (BlockingIOError, BrokenPipeError):  # or nobody listens: the writer is gone, what it sent is read
                 pass
         msg = decode(name, fields, tensors)
         request = getattr(msg, "request_id", None)

@@ -42,8 +42,9 @@ class Worker(ControlServer):
                 try:
                     return self.upstream[conn].recv()
                 except (EOFError, OSError):  # its writer is gone (or switched to a newer link): all of it was read
-                    link.close_end(self.upstream.pop(conn))
-                    continue
+                    pass
+                link.close_end(self.upstream.pop(conn))  # past the handler: see `emit`
+                continue
             try:
                 msg = self.inbox.recv()
             except (EOFError, OSError):
@@ -71,16 +72,19 @@ class Worker(ControlServer):
     def emit(self, out: StageOutput) -> None:
         """A stage output to the engine, or a code chunk down the direct link when there is one."""
         if isinstance(out, CodeChunk) and self.downstream is not None:
+            consumer_gone = False
             try:
                 self.downstream.send(out)
                 return
             except (PeerGone, OSError):  # the consumer died: the engine fails what it held; back to the star path
-                link.close_end(self.downstream)
-                self.downstream = None
+                consumer_gone = True
             except TransportError as exc:  # no room in time, or a chunk larger than the ring: this request fails
                 log.warning("request %s: could not hand a chunk to the next stage: %s", out.request_id, exc)
                 self.stage.submit(Cancel(out.request_id))
                 out = Failed(out.request_id, "code2wav: the stage could not take its audio codes")
+            if consumer_gone:  # closed past the handler: the failed send's frames, which view the ring, are freed
+                link.close_end(self.downstream)  # by then, and an exported buffer cannot be unmapped
+                self.downstream = None
         self.outbox.send(out)
 
     def close(self) -> None:

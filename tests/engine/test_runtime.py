@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import ExitStack
 from multiprocessing import get_context, resource_tracker
 
 import psutil
@@ -21,6 +22,7 @@ from engine.runtime import ExecutorError, MpExecutor, PayloadTooLarge, Transport
 from engine.runtime.control import DrainEvents
 from engine.runtime.restarter import Restarter, RestartPolicy, StageState
 from engine.runtime.transport import RING_PREFIX, PeerGone, Receiver, Sender, ShmRing
+from engine.runtime.worker import Worker
 from engine.stages.messages import AudioOut, Cancel, CodeChunk, StageInput, StageOutput, TalkerJob
 from engine.stages.stage import Stage
 from telemetry import events as ev
@@ -237,6 +239,41 @@ def test_a_writer_waiting_for_space_learns_at_once_that_its_reader_is_gone(monke
         ring.unlink()
         for c in (r, w, bell_r):
             c.close()
+
+
+def channel(stack: ExitStack) -> tuple[Sender, Receiver]:
+    """Both ends of one direction (a ring, a header pipe, a doorbell), all closed and unlinked when `stack` ends."""
+    ctx = get_context("spawn")
+    (r, w), (bell_r, bell_w) = ctx.Pipe(duplex=False), ctx.Pipe(duplex=False)
+    ring = ShmRing(256 << 10)
+    stack.callback(ring.unlink)
+    for c in (r, w, bell_r, bell_w):
+        stack.callback(c.close)
+    return Sender(w, ring, bell_r, Recorder()), Receiver(r, ring, bell_w, Recorder())
+
+
+def test_a_worker_drops_a_link_whose_other_end_died_and_goes_on():
+    """The talker's worker writes down a link whose reader was just killed: the chunk goes to the engine instead
+    (which fails the request it belonged to) and the link is dropped. Code2wav's worker reads what a link's killed
+    writer sent before it died, then drops the link. Neither worker dies with its peer."""
+    chunk = CodeChunk("r", 0, torch.arange(32).reshape(2, 16), False)
+    with ExitStack() as stack:
+        (to_engine, engine_reads), (down, code2wav_reads) = channel(stack), channel(stack)
+        talker = Worker(Doubler(), "talker", inbox=None, outbox=to_engine, rec=Recorder())
+        talker.downstream = down
+        code2wav_reads.conn.close()  # the reader's death closes its end of the header pipe
+        talker.emit(chunk)
+        assert talker.downstream is None and torch.equal(engine_reads.recv().codes, chunk.codes)
+
+    with ExitStack() as stack:
+        (_, inbox), (up, link_end) = channel(stack), channel(stack)
+        code2wav = Worker(Doubler(), "code2wav", inbox=inbox, outbox=None, rec=Recorder())
+        code2wav.upstream[link_end.conn] = link_end
+        up.send(chunk)
+        up.conn.close()  # what the writer's death does to its ends
+        up.doorbell.close()
+        assert torch.equal(code2wav.get(block=False).codes, chunk.codes)  # what it sent before it died is read
+        assert code2wav.get(block=False) is None and not code2wav.upstream
 
 
 def test_an_idle_worker_uses_no_cpu_and_close_leaves_nothing_behind():
