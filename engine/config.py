@@ -14,6 +14,7 @@ import yaml
 
 from engine.request import Task
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 EXECUTORS = ("uni", "mp", "ray")  # the one list: the config, the app's choices and the tuner's knobs read it
 SAMPLING_MODES = ("fast", "official")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -178,14 +179,23 @@ class MemoryConfig:
 class RayClusterConfig:
     """The Ray cluster `ray` stages run on: `address` (or the RAY_ADDRESS variable) names a running one; with
     neither, the engine starts a local one for itself (with `num_cpus` CPUs, None: all of this machine's, and an
-    object store of `object_store_mb`) and stops it when the last engine using it closes."""
+    object store of `object_store_mb`) and stops it when the last engine using it closes. `placement_strategy`, when
+    set, reserves each replica's `ray` stages together in one placement group (`runtime.ray_placement`) before any of
+    them starts, waiting at most `placement_timeout_s` for the cluster to have room."""
 
     address: str | None = None
     namespace: str = "voxtrace"
     num_cpus: int | None = None
     object_store_mb: int = 256
+    placement_strategy: str | None = None  # PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (Ray's placement strategies)
+    placement_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.placement_strategy is not None and self.placement_strategy not in PLACEMENT_STRATEGIES:
+            strategies = ", ".join(PLACEMENT_STRATEGIES)
+            raise ConfigError(f"ray.placement_strategy must be one of {strategies}, got {self.placement_strategy!r}")
+        if not 0 < self.placement_timeout_s < math.inf:
+            raise ConfigError(f"ray.placement_timeout_s must be > 0, got {self.placement_timeout_s}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"ray.num_cpus must be >= 1, got {self.num_cpus}")
         if self.object_store_mb < 80:  # Ray refuses a store below 75 MiB

@@ -120,7 +120,7 @@ class Engine:
             if any(stage.executor == "ray" for stage in configs.values()):
                 ray_cluster.acquire(config.ray)
                 self._ray = True
-            self.router.start(configs, factories, config.direct_link)
+            self.router.start(configs, factories, config.direct_link, config.ray)
             self.stages.update(self.router.stages)
         except BaseException:
             self.close()

@@ -3,15 +3,18 @@ its own stages (on its own resources, when they are `ray` actors), its own place
 replica's dead worker fails only that replica's requests.
 
 A request goes to the replica with the most free capacity when it is admitted: the most free talker slots (its
-`max_num_seqs` less the requests it holds), then the fewest audio chunks waiting for their callers; a replica that
-refuses it (a stage without a worker, full) passes it to the next. From then on everything about it goes to that
-replica. With one replica this is the one `Router`, its stages named as they always were."""
+`max_num_seqs` less the requests it holds), then the fewest frames queued (those its requests may still make: one
+long request weighs more than two short ones); a replica that refuses it (a stage without a worker, full) passes it
+to the next. From then on everything about it goes to that replica. With one replica this is the one `Router`, its
+stages named as they always were."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
-from engine.config import StageConfig
+from engine.config import RayClusterConfig, StageConfig
+from engine.parallel import all_at_once
 from engine.request import EngineBusy, EngineError, StageUnavailable
 from engine.router import Router, Stream
 from engine.runtime import Executor
@@ -35,10 +38,15 @@ class Replicas:
         self._owner: dict[str, Router] = {}
 
     def start(
-        self, configs: dict[str, StageConfig], factories: dict[str, StageFactory], direct_link: bool = True
+        self,
+        configs: dict[str, StageConfig],
+        factories: dict[str, StageFactory],
+        direct_link: bool = True,
+        cluster: RayClusterConfig | None = None,
     ) -> None:
-        for router in self.routers:
-            router.start(configs, factories, direct_link)
+        """Every replica's stages, all at once (`Router.start`)."""
+        starts = [functools.partial(router.start, configs, factories, direct_link, cluster) for router in self.routers]
+        all_at_once(starts)
 
     # -- the engine's view of all of them
 
@@ -95,7 +103,7 @@ class Replicas:
 
     def _free(self, router: Router) -> tuple[int, int]:
         streams = list(router.streams.values())
-        return self.talker_slots - len(streams), -sum(s.queue.qsize() for s in streams)
+        return self.talker_slots - len(streams), -sum(s.frames_due for s in streams)
 
     def run(self, job: TalkerJob) -> None:
         self._owner[job.request_id].run(job)

@@ -19,13 +19,16 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from engine.config import StageConfig
+from engine.config import RayClusterConfig, StageConfig
+from engine.parallel import all_at_once
 from engine.request import EngineBusy, EngineError, RequestError, StageUnavailable
 from engine.runtime import Executor, ExecutorError, MpExecutor, PayloadTooLarge, TransportError, make_executor
 from engine.runtime.link import connect
@@ -45,6 +48,9 @@ from engine.stages.messages import (
 )
 from telemetry.events import ENGINE, IN_FLIGHT, Recorder
 
+if TYPE_CHECKING:  # Ray is imported only when a stage runs on it
+    from engine.runtime.ray_placement import Bundle
+
 log = logging.getLogger(__name__)
 STAGES = ("talker", "code2wav")  # in pipeline order
 
@@ -59,6 +65,7 @@ class Stream:
     prep: Future[TalkerJob] | None = None
     stages: set[str] = field(default_factory=set)  # the stages that may hold a part of it: what a death fails
     finished: bool = False
+    frames_due: int = 0  # frames its talker may still make (its cap less those come back as audio): queued work
 
     def put(self, item: TalkerJob | AudioOut | Exception) -> None:
         with contextlib.suppress(RuntimeError):  # the caller's event loop is closed: nobody listens any more
@@ -80,6 +87,7 @@ class Router:
         self.streams: dict[str, Stream] = {}
         self.cancelled: OrderedDict[str, None] = OrderedDict()  # ids the stages still drop chunks of
         self.direct = False  # talker -> code2wav over their own link (both `mp`)
+        self._bundles: dict[str, Bundle] = {}  # the `ray` stages' places in this replica's placement group
         self.closed = False
         self._lock = threading.Lock()
         self._link_lock = threading.Lock()
@@ -88,15 +96,25 @@ class Router:
     # -- the stages' life
 
     def start(
-        self, configs: dict[str, StageConfig], factories: dict[str, StageFactory], direct_link: bool = True
+        self,
+        configs: dict[str, StageConfig],
+        factories: dict[str, StageFactory],
+        direct_link: bool = True,
+        cluster: RayClusterConfig | None = None,
     ) -> None:
-        """Start each stage under its configured executor (code2wav first, so its consumer is there when the talker
-        produces); in `mp`-`mp`, link the two workers unless `direct_link` is off (the star path, to compare)."""
+        """Start each stage under its configured executor, both at once (no request comes before both are up); in
+        `mp`-`mp`, link the two workers unless `direct_link` is off (the star path, to compare). With a placement
+        strategy in `cluster`, the `ray` stages' resources are reserved together first."""
         self.direct = direct_link and all(configs[kind].executor == "mp" for kind in STAGES)
         self._link_ring_bytes = configs["code2wav"].ring_mb * 2**20
+        on_ray = {kind: configs[kind].ray for kind in STAGES if configs[kind].executor == "ray"}
+        if on_ray and cluster is not None and cluster.placement_strategy is not None:
+            from engine.runtime import ray_placement
+
+            self._bundles = ray_placement.reserve(on_ray, cluster, f"{os.getpid()}{self.label or '@r0'}")
         for kind in reversed(STAGES):
             config = configs[kind]
-            placement = {"placement": config.ray} if config.executor == "ray" else {}
+            placement = {"placement": config.ray, "bundle": self._bundles.get(kind)} if config.executor == "ray" else {}
             executor = make_executor(
                 config.executor,
                 factories[kind],
@@ -109,7 +127,7 @@ class Router:
             )
             policy = RestartPolicy(config.restart_backoff_s, config.restart_max_s)
             self.stages[kind], self.restarters[kind] = executor, Restarter(executor, policy, self._link)
-            executor.start()
+        all_at_once([executor.start for executor in self.stages.values()])  # the engine closes what started
         self._link()
 
     def _link(self) -> None:
@@ -185,6 +203,11 @@ class Router:
                 self.stages[kind].close(left())
         for restarter in self.restarters.values():
             restarter.join(left())
+        if self._bundles:
+            from engine.runtime import ray_placement
+
+            ray_placement.release(self._bundles)
+            self._bundles = {}
 
     # -- into the stages
 
@@ -202,6 +225,7 @@ class Router:
         stream = self.streams.get(job.request_id)
         if stream is not None:
             stream.stages.update(STAGES if self.direct else ("talker",))
+            stream.frames_due = job.params.max_new_tokens
         self._submit("talker", job)
 
     def consumed(self, out: AudioOut) -> None:
@@ -254,6 +278,7 @@ class Router:
         if isinstance(out, Failed):
             self.fail(out.request_id, out.message)
         elif isinstance(out, AudioOut) and (stream := self.streams.get(out.request_id)) is not None:
+            stream.frames_due = 0 if out.is_last else max(stream.frames_due - out.frames, 0)
             stream.put(out)
 
     def fail(self, rid: str, message: str) -> None:

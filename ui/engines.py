@@ -5,6 +5,7 @@ tries (`ui.lab`). A page asks for a config and gets whichever engine runs it."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import threading
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Literal
 
 from engine import Engine, EngineConfig
 from engine.config import EXECUTORS
+from engine.parallel import all_at_once
 from engine.request import TASKS, ModelInfo, Task
 from ui.describe import describe
 from ui.lab import LabEngine, LabLimits, checkpoint_bytes
@@ -43,13 +45,14 @@ class Engines:
     shutdown)."""
 
     def __init__(self, config: EngineConfig, lab_limits: LabLimits | None = None) -> None:
-        self.serving = Engine(config)
-        self._by_task: dict[Task, Engine] = {self.serving.info.task: self.serving}
+        configs = [config]
+        if config.model is None:  # the embedded tiny model: the other tasks' engines too, all built at once
+            others = [task for task in Task if task.model_type != config.tiny_task]
+            configs += [dataclasses.replace(config, tiny_task=task.model_type) for task in others]
+        engines = all_at_once([functools.partial(Engine, c) for c in configs], undo=Engine.close)
+        self.serving = engines[0]
+        self._by_task: dict[Task, Engine] = {engine.info.task: engine for engine in engines}
         try:
-            if self.serving.info.tiny:
-                for task in Task:
-                    if task not in self._by_task:
-                        self._by_task[task] = Engine(dataclasses.replace(config, tiny_task=task.model_type))
             self.lab = LabEngine(checkpoint_bytes(self.serving.checkpoint), lab_limits)
         except BaseException:
             for engine in self._by_task.values():

@@ -26,6 +26,7 @@ from engine.runtime.control import ControlFailed, DrainEvents, Events, Reply, Re
 from engine.runtime.executor import DEFAULT_GRACE_S, Executor, ExecutorError
 from engine.runtime.ray_actor import CONCURRENCY, ActorInfo, StageActor
 from engine.runtime.ray_clock import ClockOffset
+from engine.runtime.ray_placement import Bundle, actor_resources
 from engine.runtime.ray_wire import Packed, pack, unpack
 from engine.stages.messages import StageInput
 from telemetry.events import CLOCK_OFFSET, ENGINE, EventBatch, get_recorder
@@ -56,23 +57,24 @@ class RayExecutor(Executor):
     _a: _Actor | None = None
     _starting: Any = None  # the handle of an actor being started
 
-    def __init__(self, *args: Any, placement: RayPlacement | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, placement: RayPlacement | None = None, bundle: Bundle | None = None, **kwargs: Any
+    ) -> None:
+        """`bundle`: the stage's place in its replica's placement group (`runtime.ray_placement`), if it has one."""
         super().__init__(*args, **kwargs)
-        self.placement = placement or RayPlacement()
+        self.placement, self.bundle = placement or RayPlacement(), bundle
         self._call_lock = threading.Lock()
 
     def start(self, timeout_s: float | None = None) -> None:
         timeout = self.start_timeout_s if timeout_s is None else timeout_s
-        resources = dict(self.placement.resources)
-        if self.placement.node is not None:  # every node offers one unit of "node:<its ip>"
-            resources[f"node:{self.placement.node}"] = 0.001
         name = f"{ACTOR_PREFIX}{os.getpid()}-{self.name}-{secrets.token_hex(4)}"
         with self._state_lock:
             self._check_open()
             handle = self._starting = _RemoteStageActor.options(
                 num_cpus=self.placement.num_cpus,
                 num_gpus=self.placement.num_gpus,
-                resources=resources,
+                resources=actor_resources(self.placement),
+                scheduling_strategy=self.bundle.strategy() if self.bundle is not None else None,
                 name=name,
             ).remote(self.factory, self.name, self.threads, ray.util.get_node_ip_address())
         try:

@@ -20,9 +20,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from engine import Engine, EngineConfig, EngineError  # noqa: E402
-from engine.config import DecodeConfig, RayPlacement, StageConfig  # noqa: E402
+from engine.config import DecodeConfig, RayClusterConfig, RayPlacement, StageConfig  # noqa: E402
 from engine.model.sampling import SamplingParams  # noqa: E402
+from engine.runtime import ExecutorError  # noqa: E402
 from engine.runtime.ray_executor import ACTOR_PREFIX, RayExecutor  # noqa: E402
+from engine.runtime.ray_placement import GROUP_PREFIX  # noqa: E402
 from tests.engine.test_engine import assert_clean, clone, collect, kill_mid_stream, wait_until  # noqa: E402
 
 HALF_A_CPU = RayPlacement(num_cpus=0.5)
@@ -182,6 +184,40 @@ def test_a_replica_s_dead_actor_fails_only_that_replica_s_requests(mixed: Engine
     asyncio.run(asyncio.wait_for(one_dies(), 90))
     wait_until(lambda: mixed.router.restarters["code2wav@r1"].up, what="replica 1's new code2wav actor")
     assert mixed.requests_in_flight == 0
+
+
+def our_groups(engine_pid: int = os.getpid()) -> dict[str, dict]:
+    """This process's placement groups that still hold resources (reserved, or waiting for room), by name."""
+    prefix = f"{GROUP_PREFIX}{engine_pid}@"
+    table = ray.util.placement_group_table().values()
+    return {g["name"]: g for g in table if g["name"].startswith(prefix) and g["state"] != "REMOVED"}
+
+
+def test_a_placement_group_places_a_pipeline_whole_or_refuses_it_whole(checkpoints, clips) -> None:
+    """`ray.placement_strategy`: the `ray` stages' resources are reserved together before any actor starts. Here the
+    talker's bundle takes every CPU the cluster has left, so its actor can run only inside it. A pipeline that cannot
+    fit is refused at start, naming the stages, and nothing stays reserved; close gives the group back."""
+    free = ray.available_resources()["CPU"]
+    talker = dataclasses.replace(config(checkpoints["base"], "ray", "uni").talker, ray=RayPlacement(num_cpus=free))
+    packed = dataclasses.replace(
+        config(checkpoints["base"], "ray", "uni"), talker=talker, ray=RayClusterConfig(placement_strategy="STRICT_PACK")
+    )
+    with Engine(packed) as engine:
+        (group,) = our_groups().values()
+        assert group["state"] == "CREATED" and group["strategy"] == "STRICT_PACK"
+        assert list(group["bundles"].values()) == [{"CPU": free}]
+        assert "CPU" not in ray.available_resources()  # all of it reserved: the actor is inside the group
+        assert sum(c.frames for c in engine.synthesize(clone(clips, frames=4)).chunks) == 4
+    assert our_groups() == {}
+
+    too_big = dataclasses.replace(
+        packed,
+        talker=dataclasses.replace(talker, ray=RayPlacement(num_cpus=64)),
+        ray=RayClusterConfig(placement_strategy="PACK", placement_timeout_s=1),
+    )
+    with pytest.raises(ExecutorError, match=r"no room for the talker stage \(PACK: talker: \{'CPU': 64\}\) within 1 s"):
+        Engine(too_big)
+    assert our_groups() == {} and ray.available_resources()["CPU"] == free
 
 
 def test_close_leaves_no_actor_process_or_thread_behind(ray_ray: Engine, clips) -> None:
