@@ -59,8 +59,8 @@ def explain(
         parts = [_objective(result, a, b)]
         for name in signals.get(knob, ()):
             va, vb = a.signals.get(name, math.nan), b.signals.get(name, math.nan)
-            if va == va and vb == vb:
-                label, fmt = SIGNALS[name]
+            label, fmt = SIGNALS[name]
+            if va == va and vb == vb and label != OBJECTIVE_LABELS[result.objective][0]:  # said first already
                 parts.append(f"{label} {fmt.format(va)} vs {fmt.format(vb)}")
         runs = f", {min(a.repeats, b.repeats)} runs each" if min(a.repeats, b.repeats) > 1 else ""
         other = "" if alone else "; other knobs differ too"

@@ -5,6 +5,7 @@ The view (`ui.views.synthesize`) and the player's HTTP route (`ui.live`) both st
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -183,11 +184,17 @@ async def run_synthesis(app: AppState, uploads: Uploads, form: SynthesisForm, fe
     return Synthesis(app.runs.add(record), run, seed, use.label)
 
 
+@functools.cache
+def _form_fields() -> dict[str, Any]:
+    """The form's fields and their types (resolved once: a run posts its form each time)."""
+    return typing.get_type_hints(SynthesisForm)
+
+
 def form_from_json(raw: dict[str, Any]) -> SynthesisForm:
     """The form as the page's player posts it (`ui.live`): every field present with its type, else `RunError` naming
     it. A clip is the upload's path, as Gradio's audio component holds it ({"path": ...})."""
     values = {}
-    for name, kind in typing.get_type_hints(SynthesisForm).items():
+    for name, kind in _form_fields().items():
         value = raw.get(name)
         if name == "ref_audio" and isinstance(value, dict):
             value = value.get("path")

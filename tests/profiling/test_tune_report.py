@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from profiling.evidence import explain
-from profiling.search import Slo, verify
+from profiling.search import Search, Slo, make_candidates, verify
 from profiling.tune_report import TuneReport, _front
 from tests.profiling.test_search import Simulated, search
 
@@ -51,6 +51,15 @@ def test_a_changed_knob_has_a_sentence_of_evidence() -> None:
     assert evidence.sentence.startswith("chunking.first_chunk_frames = 4 (default 2): audio-s/s 1")
     assert evidence.sentence.endswith("(c02 against c00, 8 requests).")  # the two differ in this knob alone
     assert r.verification is not None and r.verification.gain == pytest.approx(0.2, abs=0.05)
+
+
+def test_a_knob_whose_signal_is_the_objective_says_it_once() -> None:
+    sim = Simulated({(2,): (10.0, 0.20), (1,): (9.0, 0.12)})
+    points = make_candidates([{"chunking.first_chunk_frames": x} for x in (2, 1)])
+    result = Search(points, sim, "ttfa", Slo(), budget_s=1000, min_requests=8, clock=sim.clock).run()
+    (evidence,) = explain(result, {"chunking.first_chunk_frames": ("ttfa_p99_ms",)})
+    assert evidence.sentence.startswith("chunking.first_chunk_frames = 1 (default 2): TTFA p99 1")
+    assert evidence.sentence.count("TTFA p99") == 1
 
 
 def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes() -> None:
