@@ -1,6 +1,7 @@
-"""`all_at_once`: start-up work that waits (a worker process importing torch, an actor loading weights, a model
-built from a checkpoint) done side by side, so that an engine with many stages, replicas or tasks starts in about the
-time of its slowest part rather than the sum of them all."""
+"""`start_all`: start-up work that waits (a worker process importing torch, an actor loading weights, a model built
+from a checkpoint) done side by side, so that an engine with many stages, replicas or tasks starts in about the time
+of its slowest part rather than the sum of them all. Work on a GPU in this process is done one after another: while
+a CUDA graph is being captured, another thread's CUDA call breaks the capture or fails."""
 
 from __future__ import annotations
 
@@ -11,17 +12,28 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def all_at_once(calls: Sequence[Callable[[], T]], undo: Callable[[T], object] | None = None) -> list[T]:
-    """Each call in a thread of its own; their results, in order. When any raises, the first failure is raised once
-    every call has ended (nothing is left starting behind the caller), after `undo` was given each result made."""
-    if len(calls) == 1:
-        return [calls[0]()]
-    with ThreadPoolExecutor(len(calls), thread_name_prefix="start") as pool:
-        futures = [pool.submit(call) for call in calls]
-    failures = [f.exception() for f in futures if f.exception() is not None]
-    if failures:
-        for made in (f.result() for f in futures if f.exception() is None):
-            if undo is not None:
-                undo(made)
-        raise failures[0]
-    return [f.result() for f in futures]
+def start_all(
+    calls: Sequence[Callable[[], T]], undo: Callable[[T], object] | None = None, side_by_side: bool = True
+) -> list[T]:
+    """Each call, in a thread of its own (or, not `side_by_side`, one after another here): their results, in order.
+    When one raises, the first failure is raised once every call started has ended (nothing is left starting behind
+    the caller), after `undo` was given each result made."""
+    made: list[T] = []
+    failure: BaseException | None = None
+    if side_by_side and len(calls) > 1:
+        with ThreadPoolExecutor(len(calls), thread_name_prefix="start") as pool:
+            futures = [pool.submit(call) for call in calls]
+        failure = next((f.exception() for f in futures if f.exception() is not None), None)
+        made = [f.result() for f in futures if f.exception() is None]
+    else:
+        for call in calls:
+            try:
+                made.append(call())
+            except BaseException as exc:
+                failure = exc
+                break
+    if failure is not None:
+        for result in made if undo is not None else ():
+            undo(result)
+        raise failure
+    return made

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable
 
 from engine.config import RayClusterConfig, StageConfig
-from engine.parallel import all_at_once
+from engine.parallel import start_all
 from engine.request import EngineBusy, EngineError, StageUnavailable
 from engine.router import Router, Stream
 from engine.runtime import Executor
@@ -44,9 +44,9 @@ class Replicas:
         direct_link: bool = True,
         cluster: RayClusterConfig | None = None,
     ) -> None:
-        """Every replica's stages, all at once (`Router.start`)."""
+        """Every replica's stages (`Router.start`): the replicas side by side when no stage runs in this process."""
         starts = [functools.partial(router.start, configs, factories, direct_link, cluster) for router in self.routers]
-        all_at_once(starts)
+        start_all(starts, side_by_side=all(config.executor != "uni" for config in configs.values()))
 
     # -- the engine's view of all of them
 

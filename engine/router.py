@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.config import RayClusterConfig, StageConfig
-from engine.parallel import all_at_once
+from engine.parallel import start_all
 from engine.request import EngineBusy, EngineError, RequestError, StageUnavailable
 from engine.runtime import Executor, ExecutorError, MpExecutor, PayloadTooLarge, TransportError, make_executor
 from engine.runtime.link import connect
@@ -102,9 +102,11 @@ class Router:
         direct_link: bool = True,
         cluster: RayClusterConfig | None = None,
     ) -> None:
-        """Start each stage under its configured executor, both at once (no request comes before both are up); in
-        `mp`-`mp`, link the two workers unless `direct_link` is off (the star path, to compare). With a placement
-        strategy in `cluster`, the `ray` stages' resources are reserved together first."""
+        """Start each stage under its configured executor: the ones in processes of their own side by side (no request
+        comes before all are up), the `uni` ones one after another in this thread (a CUDA graph being captured here
+        forbids other threads' CUDA calls). In `mp`-`mp`, link the two workers unless `direct_link` is off (the star
+        path, to compare). With a placement strategy in `cluster`, the `ray` stages' resources are reserved together
+        first."""
         self.direct = direct_link and all(configs[kind].executor == "mp" for kind in STAGES)
         self._link_ring_bytes = configs["code2wav"].ring_mb * 2**20
         on_ray = {kind: configs[kind].ray for kind in STAGES if configs[kind].executor == "ray"}
@@ -127,7 +129,9 @@ class Router:
             )
             policy = RestartPolicy(config.restart_backoff_s, config.restart_max_s)
             self.stages[kind], self.restarters[kind] = executor, Restarter(executor, policy, self._link)
-        all_at_once([executor.start for executor in self.stages.values()])  # the engine closes what started
+        in_process = [self.stages[kind].start for kind in STAGES if configs[kind].executor == "uni"]
+        apart = [self.stages[kind].start for kind in STAGES if configs[kind].executor != "uni"]
+        start_all([*apart, functools.partial(start_all, in_process, side_by_side=False)])  # the engine closes them
         self._link()
 
     def _link(self) -> None:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from engine import Engine, EngineConfig
 from engine.config import EXECUTORS
-from engine.parallel import all_at_once
+from engine.parallel import start_all
 from engine.request import TASKS, ModelInfo, Task
 from ui.describe import describe
 from ui.lab import LabEngine, LabLimits, checkpoint_bytes
@@ -46,10 +46,11 @@ class Engines:
 
     def __init__(self, config: EngineConfig, lab_limits: LabLimits | None = None) -> None:
         configs = [config]
-        if config.model is None:  # the embedded tiny model: the other tasks' engines too, all built at once
+        if config.model is None:  # the embedded tiny model: the other tasks' engines too
             others = [task for task in Task if task.model_type != config.tiny_task]
             configs += [dataclasses.replace(config, tiny_task=task.model_type) for task in others]
-        engines = all_at_once([functools.partial(Engine, c) for c in configs], undo=Engine.close)
+        builds = [functools.partial(Engine, c) for c in configs]
+        engines = start_all(builds, undo=Engine.close, side_by_side=config.device == "cpu")  # engine.parallel: why
         self.serving = engines[0]
         self._by_task: dict[Task, Engine] = {engine.info.task: engine for engine in engines}
         try:

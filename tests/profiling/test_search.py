@@ -15,10 +15,10 @@ from profiling.search import Measurement, Search, Slo, Summary, Values, make_can
 @dataclass
 class Simulated:
     """`truth(values)` -> (audio s/s, TTFA p99 s). Each run costs `setup_s` + `per_request_s` per request of
-    simulated time; its figures are the truth times a seeded Gaussian jitter of `noise` (relative) at 8 requests,
-    shrinking as 1/sqrt(n) for longer runs (TTFA also as a signal); a run of a config other than the last `keep` ones sets it up (with
-    `keep` 0, every run does). `speed(t)`: the machine at simulated time t, as a factor on throughput
-    (and a divisor of TTFA); 1 throughout unless given."""
+    simulated time; its figures (TTFA also as a signal) are the truth times a seeded Gaussian jitter of `noise`
+    (relative) at 8 requests, shrinking as 1/sqrt(n) for longer runs; a run of a config other than the last `keep`
+    ones sets it up (with `keep` 0, every run does). `speed(t)`: the machine at simulated time t, as a factor on
+    throughput (and a divisor of TTFA); 1 throughout unless given."""
 
     truth: dict[tuple, tuple[float, float]]
     noise: float = 0.02
