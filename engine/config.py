@@ -179,15 +179,16 @@ class MemoryConfig:
 class RayClusterConfig:
     """The Ray cluster `ray` stages run on: `address` (or the RAY_ADDRESS variable) names a running one; with
     neither, the engine starts a local one for itself (with `num_cpus` CPUs, None: all of this machine's, and an
-    object store of `object_store_mb`) and stops it when the last engine using it closes. `placement_strategy`, when
-    set, reserves each replica's `ray` stages together in one placement group (`runtime.ray_placement`) before any of
-    them starts, waiting at most `placement_timeout_s` for the cluster to have room."""
+    object store of `object_store_mb`) and stops it when the last engine using it closes. `placement_strategy`
+    reserves each replica's `ray` stages together in one placement group (`runtime.ray_placement`) before any of them
+    starts, waiting at most `placement_timeout_s` for the cluster to have room (None: each actor waits for room on its
+    own, up to the stage's start timeout)."""
 
     address: str | None = None
     namespace: str = "voxtrace"
     num_cpus: int | None = None
     object_store_mb: int = 256
-    placement_strategy: str | None = None  # PACK, SPREAD, STRICT_PACK or STRICT_SPREAD (Ray's placement strategies)
+    placement_strategy: str | None = "PACK"  # or SPREAD, STRICT_PACK, STRICT_SPREAD (Ray's placement strategies)
     placement_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:

@@ -41,6 +41,8 @@ def test_all_four_executor_combinations_ship_for_the_tiny_model() -> None:
         ("limits:\n  max_ref_text_chars: 0\n", "limits.max_ref_text_chars must be >= 1"),
         ("- a\n- list\n", "top level must be a mapping"),
         ("talker: [1, 2]\n", "talker. must be a mapping|talker must be a mapping"),
+        ("ray:\n  placement_strategy: pack\n", "ray.placement_strategy must be one of PACK, SPREAD"),
+        ("ray:\n  placement_timeout_s: 0\n", "ray.placement_timeout_s must be > 0"),
     ],
 )
 def test_bad_configs_are_refused_by_name(tmp_path: Path, text: str, message: str) -> None:

@@ -118,9 +118,12 @@ def test_a_killed_stage_actor_fails_its_requests_clearly_and_the_next_request_su
 @pytest.fixture(scope="module")
 def mixed(checkpoints) -> Engine:
     """A mixed config, mixed: two copies of the pipeline, each with its talker in an `mp` worker and its code2wav
-    in a Ray actor of a quarter CPU (beside the module's `ray`-`ray` engine)."""
+    in a Ray actor of a quarter CPU (beside the module's `ray`-`ray` engine), placed on its own (no placement group:
+    the `ray`-`ray` engine has the default's)."""
     code2wav = StageConfig(executor="ray", max_num_seqs=4, ray=RayPlacement(num_cpus=0.25), restart_backoff_s=0.1)
-    with Engine(dataclasses.replace(config(checkpoints["base"], "mp", "uni"), code2wav=code2wav, replicas=2)) as engine:
+    alone = RayClusterConfig(placement_strategy=None)
+    mixed = dataclasses.replace(config(checkpoints["base"], "mp", "uni"), code2wav=code2wav, replicas=2, ray=alone)
+    with Engine(mixed) as engine:
         yield engine
 
 
@@ -194,21 +197,22 @@ def our_groups(engine_pid: int = os.getpid()) -> dict[str, dict]:
 
 
 def test_a_placement_group_places_a_pipeline_whole_or_refuses_it_whole(checkpoints, clips) -> None:
-    """`ray.placement_strategy`: the `ray` stages' resources are reserved together before any actor starts. Here the
-    talker's bundle takes every CPU the cluster has left, so its actor can run only inside it. A pipeline that cannot
-    fit is refused at start, naming the stages, and nothing stays reserved; close gives the group back."""
-    free = ray.available_resources()["CPU"]
+    """`ray.placement_strategy`: the `ray` stages' resources are reserved together before any actor starts (PACK
+    unless said: the module's `ray`-`ray` engine holds a group too). Here the talker's bundle takes every CPU the
+    cluster has left, so its actor can run only inside it. A pipeline that cannot fit is refused at start, naming the
+    stages, and nothing stays reserved; close gives the group back."""
+    free, before = ray.available_resources()["CPU"], our_groups()
     talker = dataclasses.replace(config(checkpoints["base"], "ray", "uni").talker, ray=RayPlacement(num_cpus=free))
     packed = dataclasses.replace(
         config(checkpoints["base"], "ray", "uni"), talker=talker, ray=RayClusterConfig(placement_strategy="STRICT_PACK")
     )
     with Engine(packed) as engine:
-        (group,) = our_groups().values()
+        (group,) = [g for name, g in our_groups().items() if name not in before]
         assert group["state"] == "CREATED" and group["strategy"] == "STRICT_PACK"
         assert list(group["bundles"].values()) == [{"CPU": free}]
         assert "CPU" not in ray.available_resources()  # all of it reserved: the actor is inside the group
         assert sum(c.frames for c in engine.synthesize(clone(clips, frames=4)).chunks) == 4
-    assert our_groups() == {}
+    assert our_groups() == before
 
     too_big = dataclasses.replace(
         packed,
@@ -217,7 +221,7 @@ def test_a_placement_group_places_a_pipeline_whole_or_refuses_it_whole(checkpoin
     )
     with pytest.raises(ExecutorError, match=r"no room for the talker stage \(PACK: talker: \{'CPU': 64\}\) within 1 s"):
         Engine(too_big)
-    assert our_groups() == {} and ray.available_resources()["CPU"] == free
+    assert our_groups() == before and ray.available_resources()["CPU"] == free
 
 
 def test_close_leaves_no_actor_process_or_thread_behind(ray_ray: Engine, clips) -> None:
