@@ -3,10 +3,10 @@
 The talker's interleaved M-RoPE gets three identical position streams in TTS (`get_rope_index` is
 `attention_mask.cumsum - 1` expanded ×3), so every channel picks the same angle: it is plain 1-D RoPE, which is what
 `rope_cos_sin` computes. The float results equal the official modules' bit for bit, with fewer calls: q/k/v and
-gate/up are one matmul each (row blocks of one weight), q and k are normalised and rotated together, RoPE's sign is
-folded into its sine table; each of these is checked against the official op sequence in tests/model/test_fused.py.
-A decode step on the CPU is bound by its calls as much as by its weights, so the hot path calls functions, not
-modules, where it can.
+gate/up are one matmul each in a decode step (row blocks of one weight, `joined_linear`), q and k are normalised and
+rotated together, RoPE's sign is folded into its sine table; each of these is checked against the official op
+sequence in tests/model/test_fused.py. A decode step on the CPU is bound by its calls as much as by its weights, so
+the hot path calls functions, not modules, where it can.
 """
 
 from __future__ import annotations
@@ -38,6 +38,19 @@ def join_rows(module: nn.Module, joined: str, parts: Sequence[str], rows: Sequen
 
     module.register_load_state_dict_pre_hook(load)
     module.register_state_dict_post_hook(save)
+
+
+JOINED_MAX_ROWS = 64  # input rows up to which a joined weight's blocks are one matmul: a decode step or batch
+
+
+def joined_linear(x: Tensor, weight: Tensor, rows: Sequence[int]) -> Tensor:
+    """`F.linear(x, weight)` for a weight of row blocks (`join_rows`), each block's output bit-equal to its own
+    matmul. Up to `JOINED_MAX_ROWS` input rows it is one matmul (a decode step reads each weight once: the bound the
+    join is for); above, each block's own matmul on a view of it (a prompt, where the join saves little, and where a
+    CPU GEMM may split a tall product's work by the output's width: AMX bf16 kernels do at 300 rows)."""
+    if x.numel() <= JOINED_MAX_ROWS * x.shape[-1]:
+        return F.linear(x, weight)
+    return torch.cat([F.linear(x, block) for block in weight.split(list(rows))], dim=-1)
 
 
 class GroupedLinear(nn.Linear):
@@ -216,8 +229,8 @@ def store(cache: Tensor, new: Tensor, at: AttnBatch) -> Tensor:
 class Attention(nn.Module):
     """GQA self-attention with per-head RMSNorm on q and k (Qwen3), no biases.
 
-    q, k and v come out of one matmul (`qkv_proj`, the checkpoint's q/k/v_proj as row blocks: each block's output
-    is bit-equal to its own matmul on the CPU, see tests/model/test_fused.py); q and k are normalised and rotated
+    q, k and v come out of one weight (`qkv_proj`, the checkpoint's q/k/v_proj as row blocks, `joined_linear`: each
+    block's output is bit-equal to its own matmul, see tests/model/test_fused.py); q and k are normalised and rotated
     together, each head with its own gain, as the separate official ops would give. Linears are called as
     functions: a decode step is bound by its calls, and a module call costs about as much as a small op."""
 
@@ -226,7 +239,8 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         q, kv = heads * head_dim, kv_heads * head_dim
         self.qkv_proj = nn.Linear(hidden_size, q + 2 * kv, bias=False)
-        join_rows(self, "qkv_proj.weight", ("q_proj.weight", "k_proj.weight", "v_proj.weight"), (q, kv, kv))
+        self.qkv_rows = (q, kv, kv)
+        join_rows(self, "qkv_proj.weight", ("q_proj.weight", "k_proj.weight", "v_proj.weight"), self.qkv_rows)
         self.o_proj = nn.Linear(q, hidden_size, bias=False)
         self.q_norm = RMSNorm(head_dim, eps)
         self.k_norm = RMSNorm(head_dim, eps)
@@ -237,7 +251,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope: Rope, k_cache: Tensor, v_cache: Tensor, at: AttnBatch) -> Tensor:
         b, n, _ = x.shape
-        qkv = F.linear(x, self.qkv_proj.weight).view(b, n, -1, self.head_dim)
+        qkv = joined_linear(x, self.qkv_proj.weight, self.qkv_rows).view(b, n, -1, self.head_dim)
         qk, v = qkv.split((self.heads + self.kv_heads, self.kv_heads), dim=2)
         qk = rope.rotate(rms_normalize(qk, self.q_norm.eps_t) * self._qk_gain())
         q, k = qk.transpose(1, 2).split((self.heads, self.kv_heads), dim=1)
@@ -250,16 +264,17 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU; gate and up come out of one matmul (`gate_up_proj`, the checkpoint's gate/up_proj as row blocks)."""
+    """SwiGLU; gate and up come out of one weight (`gate_up_proj`, the checkpoint's gate/up_proj as row blocks)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
         self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
-        join_rows(self, "gate_up_proj.weight", ("gate_proj.weight", "up_proj.weight"), [intermediate_size] * 2)
+        self.gate_up_rows = (intermediate_size, intermediate_size)
+        join_rows(self, "gate_up_proj.weight", ("gate_proj.weight", "up_proj.weight"), self.gate_up_rows)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = F.linear(x, self.gate_up_proj.weight).chunk(2, dim=-1)
+        gate, up = joined_linear(x, self.gate_up_proj.weight, self.gate_up_rows).chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, self.down_proj.weight)
 
 

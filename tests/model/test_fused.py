@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.model.layers import (
+    JOINED_MAX_ROWS,
     MLP,
     Attention,
     AttnBatch,
@@ -16,6 +17,7 @@ from engine.model.layers import (
     KVCache,
     Rope,
     apply_rope,
+    joined_linear,
     rms_normalize,
     rope_cos_sin,
     rope_inv_freq,
@@ -37,15 +39,15 @@ PROJECTIONS = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", PROJECTIONS)
 def test_joined_projection_blocks_equal_separate_matmuls(name, dtype):
-    # M = 1 is a decode step, 2 the predictor's prefill, larger M a batch or a prompt: the CPU GEMM must not
-    # reduce a block's rows differently because the matrix has more of them
+    # M = 1 is a decode step, 2 the predictor's prefill, up to 64 a batch (one matmul: the CPU GEMM must not reduce
+    # a block's rows differently because the matrix has more of them), 100 and 300 a prompt (each block its own)
     g = torch.Generator().manual_seed(0)
     k, blocks = PROJECTIONS[name]
     weights = [(torch.randn(n, k, generator=g) / k**0.5).to(dtype) for n in blocks]
     joined = torch.cat(weights)
-    for m in [*range(1, 65), 100, 300]:
+    for m in [*range(1, JOINED_MAX_ROWS + 1), 100, 300]:
         x = torch.randn(1, m, k, generator=g).to(dtype)
-        for got, w in zip(F.linear(x, joined).split(blocks, dim=-1), weights, strict=True):
+        for got, w in zip(joined_linear(x, joined, blocks).split(blocks, dim=-1), weights, strict=True):
             assert torch.equal(got, F.linear(x, w)), f"M={m}"
 
 
