@@ -234,10 +234,18 @@ class Code2WavStage:
                 return
 
     def _pick_batch(self, ready: list[tuple[int, str]]) -> list[str]:
-        """The oldest waiting chunk sets the frame count; others of that length join, oldest first."""
+        """The oldest waiting chunk sets the frame count; others of that length join, oldest first. A prefix is
+        decoded once: a second item of the same voice (a request and its voice's warm-up, queued together) waits a
+        step and adopts the first one's state, rather than being decoded beside it (a batch of two gives other bits
+        than one here, so the request's audio would depend on which came first)."""
         ready.sort()
         frames = self._requests[ready[0][1]].items[0].codes.shape[0]
-        group = [rid for _, rid in ready if self._requests[rid].items[0].codes.shape[0] == frames]
+        group, prefixes = [], set()
+        for _, rid in ready:
+            item = self._requests[rid].items[0]
+            if item.codes.shape[0] == frames and (item.prefix_key is None or item.prefix_key not in prefixes):
+                group.append(rid)
+                prefixes.add(item.prefix_key)
         return group[: 1 if self.decode.batch_invariant else self.max_num_seqs]
 
     # --- decoding

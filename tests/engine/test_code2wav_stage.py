@@ -164,6 +164,24 @@ def test_a_prefix_warmed_ahead_spares_the_first_request_its_decode(decoder: Code
     assert decodes[0].args["requests"] == [] and decodes[0].args["warming"] == 1
 
 
+def test_a_request_and_its_voice_s_warm_up_queued_together_decode_the_prefix_once(decoder: Code2Wav) -> None:
+    """The warm-up and the request's first chunk race (prompt prep sends both): the audio is that of the request
+    alone either way, bit for bit, and the prefix is decoded once."""
+    ref, codes = random_codes(20, seed=7), random_codes(4, seed=8)
+    alone, _ = make_stage(decoder)
+    for chunk in chunks("a", codes, [4], prefix=ref):
+        alone.submit(chunk)
+    expected = joined(run(alone), "a")
+
+    stage, recorder = make_stage(decoder)
+    stage.submit(WarmPrefix(ref))
+    for chunk in chunks("a", codes, [4], prefix=ref):
+        stage.submit(chunk)
+    assert torch.equal(joined(run(stage), "a"), expected)
+    decodes = [e for e in recorder.drain() if e.name == events.CODE2WAV_DECODE]
+    assert [(e.args["frames"], e.args["batch_size"]) for e in decodes] == [(20, 1), (4, 1)]
+
+
 def test_interleaved_requests_decode_in_shared_batches(decoder: Code2Wav) -> None:
     plans = {"a": [2, 8, 8, 3], "b": [2, 8, 8, 8], "c": [1, 8, 5], "d": [2, 4, 4, 4, 0], "e": [8, 8]}
     codes = {rid: random_codes(sum(sizes), seed=10 + i) for i, (rid, sizes) in enumerate(plans.items())}
