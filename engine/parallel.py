@@ -23,8 +23,9 @@ def start_all(
     if side_by_side and len(calls) > 1:
         with ThreadPoolExecutor(len(calls), thread_name_prefix="start") as pool:
             futures = [pool.submit(call) for call in calls]
-        failure = next((f.exception() for f in futures if f.exception() is not None), None)
-        made = [f.result() for f in futures if f.exception() is None]
+        failures = [f.exception() for f in futures]
+        failure = next((exc for exc in failures if exc is not None), None)
+        made = [f.result() for f, exc in zip(futures, failures, strict=True) if exc is None]
     else:
         for call in calls:
             try:

@@ -103,10 +103,10 @@ class Router:
         cluster: RayClusterConfig | None = None,
     ) -> None:
         """Start each stage under its configured executor: the ones in processes of their own side by side (no request
-        comes before all are up), the `uni` ones one after another in this thread (a CUDA graph being captured here
-        forbids other threads' CUDA calls). In `mp`-`mp`, link the two workers unless `direct_link` is off (the star
-        path, to compare). With a placement strategy in `cluster`, the `ray` stages' resources are reserved together
-        first."""
+        comes before all are up), the `uni` ones one after another in one thread (a CUDA graph being captured in this
+        process forbids other threads' CUDA calls). In `mp`-`mp`, link the two workers unless `direct_link` is off
+        (the star path, to compare). With a placement strategy in `cluster`, the `ray` stages' resources are reserved
+        together first."""
         self.direct = direct_link and all(configs[kind].executor == "mp" for kind in STAGES)
         self._link_ring_bytes = configs["code2wav"].ring_mb * 2**20
         on_ray = {kind: configs[kind].ray for kind in STAGES if configs[kind].executor == "ray"}
@@ -129,9 +129,9 @@ class Router:
             )
             policy = RestartPolicy(config.restart_backoff_s, config.restart_max_s)
             self.stages[kind], self.restarters[kind] = executor, Restarter(executor, policy, self._link)
-        in_process = [self.stages[kind].start for kind in STAGES if configs[kind].executor == "uni"]
+        in_process = [self.stages[kind] for kind in STAGES if configs[kind].executor == "uni"]
         apart = [self.stages[kind].start for kind in STAGES if configs[kind].executor != "uni"]
-        start_all([*apart, functools.partial(start_all, in_process, side_by_side=False)])  # the engine closes them
+        start_all([*apart, lambda: [executor.start() for executor in in_process]])  # the engine closes what started
         self._link()
 
     def _link(self) -> None:

@@ -65,6 +65,5 @@ def _bundle(p: RayPlacement) -> dict[str, float]:
 
 
 def release(bundles: dict[str, Bundle]) -> None:
-    """Give the group's resources back to the cluster (once its actors are gone)."""
-    for group in {id(b.group): b.group for b in bundles.values()}.values():
-        remove_placement_group(group)
+    """Give the group `reserve` made back to the cluster (once its actors are gone)."""
+    remove_placement_group(next(iter(bundles.values())).group)
